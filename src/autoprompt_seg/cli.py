@@ -1,0 +1,381 @@
+"""The ``autoseg`` command. The only module that prints or exits.
+
+Exit codes: 0 ok (also when no tumour was found), 65 bad input, 69 missing dependency or
+weights, 70 backend failure, 73 output cannot be written, 78 configuration error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__, registry
+from .errors import EXIT_CODES, AutosegError, ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("autoprompt_seg")
+
+EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {k:>3}  {v}" for k, v in EXIT_CODES.items())
+
+
+class Ctx:
+    def __init__(self, debug: bool = False, quiet: bool = False) -> None:
+        self.debug = debug
+        self.quiet = quiet
+
+
+def _setup_logging(debug: bool, quiet: bool) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING)
+    handler = RichHandler(console=_stderr(), show_path=debug, show_time=debug,
+                          rich_tracebacks=debug)
+    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    logging.getLogger("autoprompt_seg").setLevel(level if not debug else logging.DEBUG)
+
+
+@functools.lru_cache(maxsize=1)
+def _stderr() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _fail(ctx: Ctx, code: int, message: str) -> None:
+    if ctx.debug:
+        import traceback
+
+        traceback.print_exc()
+    click.echo(f"autoseg: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(f: F) -> F:
+    """Turn library errors into one-line messages and documented exit codes."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context().find_object(Ctx) or Ctx()
+        try:
+            return f(*args, **kwargs)
+        except AutosegError as e:
+            _fail(ctx, e.exit_code, str(e))
+        except KeyboardInterrupt:
+            _fail(ctx, 130, "interrupted")
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - last resort: unexpected bug
+            _fail(ctx, 70, f"unexpected failure: {type(e).__name__}: {e}"
+                  + ("" if ctx.debug else " (run with --debug for the traceback)"))
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EXIT_HELP)
+@click.version_option(__version__, prog_name="autoseg")
+@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks on errors.")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors on stderr; no progress bars.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
+    """Automatic-prompt lung tumour segmentation in CT, with DICOM-SEG output.
+
+    \b
+    Example:
+      autoseg predict path/to/study/ -o out/
+      autoseg demo
+    """
+    ctx.obj = Ctx(debug=debug, quiet=quiet)
+    _setup_logging(debug, quiet)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _settings(device: str, threads: int, weights_dir: str | None, options: dict[str, Any]) -> Any:
+    from .config import Settings, default_weights_dir
+
+    return Settings(device=device, threads=threads,
+                    weights_dir=Path(weights_dir) if weights_dir else default_weights_dir(),
+                    options=options)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int, int], None] | None]]:
+    """Yield a ``stage_progress(stage, total)`` factory backed by a rich progress bar."""
+    if not enabled:
+        yield lambda stage, total: None
+        return
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
+                               TextColumn, TimeElapsedColumn)
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description:<10}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=_stderr(),
+                  transient=False) as prog:
+        tasks: dict[str, Any] = {}
+
+        def factory(stage: str, total: int) -> Callable[[int, int], None]:
+            tid = prog.add_task(stage, total=total or None)
+            tasks[stage] = tid
+
+            def update(done: int, tot: int) -> None:
+                prog.update(tid, completed=done, total=tot or None)
+
+            return update
+
+        try:
+            yield factory
+        finally:
+            for tid in tasks.values():
+                t = prog.tasks[tid]
+                prog.update(tid, completed=t.total or 1, total=t.total or 1)
+
+
+def backend_options(f: F) -> F:
+    opts = [
+        click.option("--detector", type=click.Choice(registry.names("detector")),
+                     default=None, show_default=registry.DEFAULT_DETECTOR,
+                     help="Box proposer. 'oracle' = manual prompts (implied by --prompts/"
+                          "--prompts-from)."),
+        click.option("--segmenter", type=click.Choice(registry.names("segmenter")),
+                     default=registry.DEFAULT_SEGMENTER, show_default=True,
+                     help="Box-prompted segmenter."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                     show_default=True, help="Where neural backends run."),
+        click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="CPU threads for neural backends (0 = library default)."),
+        click.option("--prompts", type=click.Path(dir_okay=False), default=None,
+                     help="Manual prompts: a boxes JSON file (see docs/prompts.md)."),
+        click.option("--prompts-from", type=click.Path(), default=None,
+                     help="Manual prompts from ground truth: an RTSTRUCT, DICOM-SEG or "
+                          "NIfTI/NRRD mask; one box per lesion."),
+        click.option("--roi-name", default="GTV-1", show_default=True,
+                     help="ROI of the RTSTRUCT given to --prompts-from."),
+        click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
+                     envvar="AUTOSEG_WEIGHTS_DIR",
+                     help="Folder of installed weights [env AUTOSEG_WEIGHTS_DIR]."),
+        click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
+                     default="autoseg-output", show_default=True, help="Output folder."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print a machine-readable JSON summary on stdout."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, device: str,
+                 threads: int, prompts: str | None, prompts_from: str | None, roi_name: str,
+                 weights_dir: str | None, out_dir: str, as_json: bool,
+                 series: str | None = None) -> None:
+    from .predict import predict_path
+
+    if prompts and prompts_from:
+        raise ConfigError("give either --prompts or --prompts-from, not both")
+    if prompts or prompts_from:
+        if detector not in (None, "oracle"):
+            raise ConfigError(f"--prompts/--prompts-from need the oracle detector; got "
+                              f"--detector {detector}")
+        detector = "oracle"
+    detector = detector or registry.DEFAULT_DETECTOR
+    options: dict[str, Any] = {"roi_name": roi_name}
+    if prompts:
+        options["prompts"] = prompts
+    if prompts_from:
+        options["prompts_from"] = prompts_from
+    settings = _settings(device, threads, weights_dir, options)
+    show = not (ctx.quiet or as_json)
+    if show:
+        _stderr().print(f"[bold]autoseg[/] {study} -> {out_dir}  "
+                        f"(detector {detector}, segmenter {segmenter})")
+    with _progress(show) as stage_progress:
+        res = predict_path(study, out_dir, detector=detector, segmenter=segmenter,
+                           settings=settings, series_uid=series, stage_progress=stage_progress)
+    pred = res.prediction
+    if as_json:
+        report = json.loads(res.outputs["report.json"].read_text())
+        click.echo(json.dumps({"status": "ok", "lesions": len(pred.lesions),
+                               "outputs": {k: str(v) for k, v in res.outputs.items()},
+                               "report": report}, indent=2))
+        return
+    if ctx.quiet:
+        return
+    con = _stderr()
+    for w in res.warnings:
+        con.print(f"[yellow]warning:[/] {w}")
+    if not pred.lesions:
+        con.print("[bold]No tumour found.[/] report.json records zero lesions; no SEG written.")
+    else:
+        vml = pred.volume.voxel_volume_ml
+        for i, les in enumerate(pred.lesions, 1):
+            con.print(f"  Lung tumour {i}: {les.voxel_count * vml:.1f} ml, key slice "
+                      f"{les.box.key_slice}, score {les.score:.2f}")
+    for name, p in sorted(res.outputs.items()):
+        click.echo(str(p))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@main.command(epilog=EXIT_HELP)
+@click.argument("study", type=click.Path())
+@click.option("--series", default=None, help="SeriesInstanceUID to segment (overrides the "
+              "automatic choice; see `autoseg inspect`).")
+@backend_options
+@click.pass_obj
+@handle_errors
+def predict(ctx: Ctx, study: str, series: str | None, **kw: Any) -> None:
+    """Segment the lung tumours of one study.
+
+    STUDY is a folder tree of DICOM files (any names, with or without .dcm), or a
+    NIfTI/NRRD file (research use: NIfTI output only, no DICOM-SEG).
+
+    Writes into --out: seg.dcm (DICOM-SEG), mask.nii.gz (label map), report.json and
+    preview.png. When no tumour is found, report.json records zero lesions and no SEG
+    is written (exit 0).
+
+    \b
+    Examples:
+      autoseg predict /data/CT_study/ -o out/
+      autoseg predict /data/CT_study/ --prompts-from /data/CT_study/RS.dcm
+      autoseg predict scan.nii.gz --json
+    """
+    _run_predict(ctx, study, series=series, **kw)
+
+
+@main.command(epilog=EXIT_HELP)
+@click.argument("study", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+@click.pass_obj
+@handle_errors
+def inspect(ctx: Ctx, study: str, as_json: bool) -> None:
+    """List the series of a DICOM study and say which one `predict` would segment, and why.
+
+    \b
+    Example:
+      autoseg inspect /data/CT_study/
+    """
+    from .io.dicom import choose_series, scan_study
+
+    series = scan_study(study)
+    chosen, reason, error = None, "", ""
+    try:
+        chosen, reason = choose_series(series)
+    except AutosegError as e:
+        error = str(e)
+    rows = [dict(s.summary(), chosen=(s is chosen)) for s in series]
+    if as_json:
+        click.echo(json.dumps({"series": rows, "chosen": chosen.series_uid if chosen else None,
+                               "reason": reason or error}, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{study}: {len(series)} series")
+    for col in ("", "modality", "instances", "rows x cols", "thickness", "description"):
+        t.add_column(col)
+    t.add_column("series UID", overflow="fold")
+    for r in rows:
+        t.add_row("*" if r["chosen"] else "", str(r["modality"]), str(r["instances"]),
+                  f"{r['rows']}x{r['columns']}", str(r["slice_thickness"] or "-"),
+                  str(r["description"]), str(r["series_uid"]))
+    from rich.console import Console
+
+    con = Console()
+    con.print(t)
+    con.print(f"chosen: {chosen.series_uid} — {reason}" if chosen else f"no series chosen: {error}")
+
+
+@main.command(epilog=EXIT_HELP)
+@click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
+              envvar="AUTOSEG_WEIGHTS_DIR", help="Folder of installed weights.")
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+@handle_errors
+def backends(weights_dir: str | None, as_json: bool) -> None:
+    """List the detectors and segmenters and whether each is ready (imports no torch).
+
+    \b
+    Example:
+      autoseg backends
+    """
+    settings = _settings("auto", 0, weights_dir, {})
+    rows = []
+    for b in registry.BACKENDS:
+        state, hint = b.status(settings)
+        rows.append({"name": b.name, "kind": b.kind, "state": state, "hint": hint,
+                     "summary": b.summary, "traditional": b.traditional,
+                     "default": b.name in (registry.DEFAULT_DETECTOR, registry.DEFAULT_SEGMENTER)})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table()
+    for col in ("kind", "name", "state", "what it is"):
+        t.add_column(col)
+    for r in rows:
+        state = r["state"] + (f"\n{r['hint']}" if r["hint"] else "")
+        t.add_row(r["kind"], r["name"] + (" (default)" if r["default"] else ""), state,
+                  r["summary"])
+    Console().print(t)
+
+
+@main.command(epilog=EXIT_HELP)
+@click.option("--synthetic", is_flag=True,
+              help="Use a seeded synthetic chest CT study with known tumours (no network).")
+@click.option("--patient", type=click.Choice(["pat_1", "pat_2", "pat_3", "pat_4"]),
+              default="pat_4", show_default=True, help="Which real demo study.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Synthetic study seed.")
+@backend_options
+@click.pass_obj
+@handle_errors
+def demo(ctx: Ctx, synthetic: bool, patient: str, seed: int, **kw: Any) -> None:
+    """Run predict on a real demo lung tumour CT (fetched once into the user cache).
+
+    The demo studies are the four lung tumour CTs with RTSTRUCT ground truth inside the
+    pycerr 2.5.1 wheel (CC BY-NC 3.0, Lambin et al.), fetched with
+    `pip download --no-deps pycerr==2.5.1` into the cache (AUTOSEG_CACHE_DIR overrides).
+
+    \b
+    Examples:
+      autoseg demo
+      autoseg demo --synthetic -o synth-out/
+    """
+    from .config import default_cache_dir
+
+    cache = default_cache_dir()
+    if synthetic:
+        from .synthetic import synthetic_study
+
+        study_dir = cache / f"synthetic-seed{seed}"
+        if not any(study_dir.glob("*.dcm")):
+            import shutil
+            import tempfile
+
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                synthetic_study(Path(tmp) / "s", shape=(64, 256, 256), spacing=(2.5, 1.2, 1.2),
+                                n_tumours=2, seed=seed)
+                if study_dir.exists():
+                    shutil.rmtree(study_dir)
+                (Path(tmp) / "s").rename(study_dir)
+        study = str(study_dir)
+    else:
+        from .data import pycerr_study
+
+        if not (ctx.quiet or kw.get("as_json")):
+            _stderr().print(f"demo study: pycerr {patient} (cache {cache})")
+        study = str(pycerr_study(patient, cache))
+    _run_predict(ctx, study, **kw)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

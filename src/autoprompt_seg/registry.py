@@ -1,0 +1,89 @@
+"""One torch-free list of the detectors and segmenters that exist.
+
+Shared by ``--help``, ``autoseg backends`` and the pipeline. Listing imports nothing
+heavy: dependencies are probed with :func:`importlib.util.find_spec` and each backend's
+module is imported only by :meth:`BackendSpec.create`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings
+from .errors import ConfigError, UnavailableError
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    kind: str  # "detector" | "segmenter"
+    summary: str
+    factory: str  # "module:callable" relative to this package, called as f(settings)
+    requires: tuple[str, ...] = ()  # importable module names
+    weights: tuple[str, ...] = ()  # manifest names of required weights
+    traditional: bool = False  # training-free comparison backend
+
+    def missing_dependencies(self) -> list[str]:
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+    def missing_weights(self, settings: Settings) -> list[str]:
+        if not self.weights:
+            return []
+        from .weights import installed_path
+
+        return [w for w in self.weights if installed_path(w, settings.weights_dir) is None]
+
+    def status(self, settings: Settings) -> tuple[str, str]:
+        """(state, hint): state is 'ready', 'dependency missing' or 'weights missing'."""
+        deps = self.missing_dependencies()
+        if deps:
+            return "dependency missing", f"pip install {' '.join(deps)}"
+        w = self.missing_weights(settings)
+        if w:
+            return "weights missing", " ; ".join(f"autoseg weights add FILE --name {n}" for n in w)
+        return "ready", ""
+
+    def create(self, settings: Settings) -> Any:
+        deps = self.missing_dependencies()
+        if deps:
+            raise UnavailableError(f"{self.kind} {self.name!r} needs the Python package(s) "
+                                   f"{', '.join(deps)}: pip install {' '.join(deps)}")
+        mod_name, attr = self.factory.split(":")
+        mod = importlib.import_module(mod_name, package=__package__)
+        return getattr(mod, attr)(settings)
+
+
+BACKENDS: tuple[BackendSpec, ...] = (
+    BackendSpec(
+        name="candidates", kind="detector",
+        summary="training-free: lung-field masks, soft-tissue candidates, vessel suppression, "
+                "shape filters; one box per lesion on its largest slice",
+        factory=".detect.candidates:create", requires=("scipy", "skimage"), traditional=True),
+    BackendSpec(
+        name="oracle", kind="detector",
+        summary="manual prompts: boxes from --prompts JSON or from a ground-truth "
+                "RTSTRUCT/SEG/mask (--prompts-from)",
+        factory=".detect.oracle:create", requires=("scipy",)),
+    BackendSpec(
+        name="classical", kind="segmenter",
+        summary="training-free: box-prompted region growing on the key slice, then slice "
+                "by slice in both directions until the tumour ends",
+        factory=".segment.classical:create", requires=("scipy", "skimage"), traditional=True),
+)
+
+DEFAULT_DETECTOR = "candidates"
+DEFAULT_SEGMENTER = "classical"
+
+
+def names(kind: str) -> list[str]:
+    return [b.name for b in BACKENDS if b.kind == kind]
+
+
+def get(kind: str, name: str) -> BackendSpec:
+    for b in BACKENDS:
+        if b.kind == kind and b.name == name:
+            return b
+    raise ConfigError(f"unknown {kind} {name!r}; known: {', '.join(names(kind))}")
