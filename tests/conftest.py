@@ -1,0 +1,49 @@
+"""Shared fixtures. Real demo data is fetched once per machine into the user cache
+(AUTOSEG_CACHE_DIR overrides), never from ../shared."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _cache_dir() -> Path:
+    from autoprompt_seg.config import default_cache_dir
+
+    return default_cache_dir()
+
+
+@pytest.fixture(scope="session")
+def pycerr_root() -> Path:
+    """Folder with pat_1..pat_4 (real lung tumour CTs with RTSTRUCT GTV-1)."""
+    from autoprompt_seg.data import fetch_pycerr
+    from autoprompt_seg.errors import UnavailableError
+
+    try:
+        return fetch_pycerr(_cache_dir())
+    except UnavailableError as e:  # pragma: no cover - only without network and cache
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"demo data unavailable: {e}")
+
+
+@pytest.fixture(scope="session")
+def pat4_dir(pycerr_root: Path) -> Path:
+    return pycerr_root / "pat_4"
+
+
+def tool(name: str) -> str:
+    """Path of a command-line tool, or skip (outside CI) when it is not installed."""
+    path = shutil.which(name)
+    if path is None:
+        venv_bin = Path(sys.executable).parent / name
+        if venv_bin.exists():
+            return str(venv_bin)
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed; .ci/run must install it")
+        pytest.skip(f"{name} is not installed")
+    return path
