@@ -98,20 +98,29 @@ def synthetic_chest(shape: tuple[int, int, int] = (48, 192, 192),
             cz_mm, cy_mm, cx_mm = c[0] * sz, c[1] * sy, c[2] * sx
             if not (rad[0] + 2 * sz <= cz_mm <= nz * sz - rad[0] - 2 * sz):
                 continue
-            ell = (((zz - cz_mm) / rad[0]) ** 2 + ((yy - cy_mm) / rad[1]) ** 2
-                   + ((xx - cx_mm) / rad[2]) ** 2)
-            lobes = 1.0 + 0.12 * np.sin(3 * np.arctan2(yy - cy_mm, xx - cx_mm)) \
-                * np.cos(2 * (zz - cz_mm) / max(rad[0], 1e-3))
+            # work in a local crop around the centre (2x the radius: room for the margin)
+            lo = [max(0, int((cm - 2.2 * r_) / sp)) for cm, r_, sp in
+                  zip((cz_mm, cy_mm, cx_mm), rad, spacing)]
+            hi = [min(n, int((cm + 2.2 * r_) / sp) + 2) for cm, r_, sp, n in
+                  zip((cz_mm, cy_mm, cx_mm), rad, spacing, shape)]
+            crop = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+            lz = zz[crop[0], :, :]
+            ly = yy[:, crop[1], :]
+            lx = xx[:, :, crop[2]]
+            ell = (((lz - cz_mm) / rad[0]) ** 2 + ((ly - cy_mm) / rad[1]) ** 2
+                   + ((lx - cx_mm) / rad[2]) ** 2)
+            lobes = 1.0 + 0.12 * np.sin(3 * np.arctan2(ly - cy_mm, lx - cx_mm)) \
+                * np.cos(2 * (lz - cz_mm) / max(rad[0], 1e-3))
             blob = ell <= lobes
-            inside = blob & lungs
-            if inside.sum() < 0.95 * blob.sum() or (labels[blob] > 0).any():
+            inside = blob & lungs[crop]
+            lab_crop = labels[crop]
+            if inside.sum() < 0.95 * blob.sum() or (lab_crop[blob] > 0).any():
                 continue
             # keep a margin of lung around each tumour so tumours never touch
-            grown = ell <= lobes * 1.8
-            if (labels[grown] > 0).any():
+            if (lab_crop[ell <= lobes * 1.8] > 0).any():
                 continue
-            labels[blob] = t + 1
-            hu[blob] = 35.0 + 10.0 * float(rng.standard_normal())
+            lab_crop[blob] = t + 1
+            hu[crop][blob] = 35.0 + 10.0 * float(rng.standard_normal())
             tumours.append(SyntheticTumour(center=(c[0], c[1], c[2]),
                                            radii_mm=(rad[0], rad[1], rad[2]),
                                            volume_ml=float(blob.sum()) * sz * sy * sx / 1000))
