@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from autoprompt_seg.cli import main
 from autoprompt_seg.synthetic import synthetic_study
 
-from .conftest import tool
+from conftest import tool
 
 OUTPUTS = {"seg.dcm", "mask.nii.gz", "report.json", "preview.png"}
 
