@@ -60,7 +60,7 @@ def main() -> None:
     exe = str(Path(sys.executable).parent / "autoseg")
     print(f"# {time.strftime('%Y-%m-%d')} {platform.node()} {platform.processor() or platform.machine()}"
           f" cpus={__import__('os').cpu_count()} detector={a.detector} segmenter={a.segmenter}")
-    print("| case | wall s (median of %d) | min s | peak RSS MB |" % a.repeat)
+    print(f"| case | wall s (median of {a.repeat}) | min s | peak RSS MB |")
     print("|---|---|---|---|")
     for name, study in cases.items():
         runs = []

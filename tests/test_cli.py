@@ -12,7 +12,6 @@ from click.testing import CliRunner
 
 from autoprompt_seg.cli import main
 from autoprompt_seg.synthetic import synthetic_study
-
 from conftest import tool
 
 OUTPUTS = {"seg.dcm", "mask.nii.gz", "report.json", "preview.png"}
@@ -142,10 +141,10 @@ def test_no_tumour_exits_0_without_seg(tmp_path):
 
 
 def test_nifti_input_gives_nifti_only_and_says_why(tmp_path, synth):
+    import SimpleITK as sitk
+
     from autoprompt_seg.io.dicom import load_study
     from autoprompt_seg.io.image import volume_to_sitk
-
-    import SimpleITK as sitk
 
     vol, _ = load_study(synth.study_dir)
     img = tmp_path / "ct.nii.gz"

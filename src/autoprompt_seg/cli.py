@@ -114,8 +114,14 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int, int
     if not enabled:
         yield lambda stage, total: None
         return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
-                               TextColumn, TimeElapsedColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     with Progress(SpinnerColumn(), TextColumn("{task.description:<10}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=_stderr(),
@@ -218,7 +224,7 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
         for i, les in enumerate(pred.lesions, 1):
             con.print(f"  Lung tumour {i}: {les.voxel_count * vml:.1f} ml, key slice "
                       f"{les.box.key_slice}, score {les.score:.2f}")
-    for name, p in sorted(res.outputs.items()):
+    for _name, p in sorted(res.outputs.items()):
         click.echo(str(p))
 
 
@@ -322,9 +328,9 @@ def backends(weights_dir: str | None, as_json: bool) -> None:
     for col in ("kind", "name", "state", "what it is"):
         t.add_column(col)
     for r in rows:
-        state = r["state"] + (f"\n{r['hint']}" if r["hint"] else "")
-        t.add_row(r["kind"], r["name"] + (" (default)" if r["default"] else ""), state,
-                  r["summary"])
+        state = f"{r['state']}\n{r['hint']}" if r["hint"] else str(r["state"])
+        t.add_row(str(r["kind"]), f"{r['name']}{' (default)' if r['default'] else ''}", state,
+                  str(r["summary"]))
     Console().print(t)
 
 
