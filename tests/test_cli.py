@@ -177,6 +177,6 @@ def test_console_script_runs(tmp_path):
     res = subprocess.run([str(exe), "predict", str(tmp_path / "missing")], capture_output=True,
                          text=True)
     assert res.returncode == 65
-    assert res.stderr.strip().startswith("autoseg: error:")
-    assert "missing" in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("autoseg: error:") and "missing" in lines[-1]
+    assert sum("error" in ln for ln in lines) == 1 and "Traceback" not in res.stderr

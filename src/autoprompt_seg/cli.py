@@ -207,7 +207,7 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
                            settings=settings, series_uid=series, stage_progress=stage_progress)
     pred = res.prediction
     if as_json:
-        report = json.loads(res.outputs["report.json"].read_text())
+        report = json.loads(res.outputs["report"].read_text())
         click.echo(json.dumps({"status": "ok", "lesions": len(pred.lesions),
                                "outputs": {k: str(v) for k, v in res.outputs.items()},
                                "report": report}, indent=2))

@@ -178,6 +178,10 @@ def write_outputs(prediction: Prediction, out_dir: str | os.PathLike[str], *,
             seg_note = "no DICOM sources"
         elif n == 0:
             seg_note = "no tumour found"
+        elif not vol.study_uid:
+            warnings.append("the source series has no StudyInstanceUID: a DICOM-SEG could not "
+                            "join its study, so none was written")
+            seg_note = "source has no StudyInstanceUID"
         else:
             t0 = time.perf_counter()
             seg = build_seg(prediction, series_number=series_number,

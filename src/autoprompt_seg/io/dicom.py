@@ -101,7 +101,7 @@ class SeriesInfo:
             "rows": int(h.get("Rows", 0) or 0),
             "columns": int(h.get("Columns", 0) or 0),
             "slice_thickness": None if self.slice_thickness == float("inf") else self.slice_thickness,
-            "axial": self.is_axial if self.is_ct_image else None,
+            "axial": bool(self.is_axial) if self.is_ct_image else None,
         }
 
 
