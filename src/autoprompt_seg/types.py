@@ -232,7 +232,10 @@ class BackendInfo:
     family: str = "Artificial Intelligence"
     checkpoint: str = ""
     checkpoint_sha256: str = ""
-    trained: bool = True  # False for random/untrained test checkpoints
+    #: False when a learned backend's checkpoint is not a known trained release (e.g. the
+    #: random-weight checkpoints the tests generate). Training-free backends keep True and
+    #: an empty ``checkpoint``.
+    trained: bool = True
     details: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

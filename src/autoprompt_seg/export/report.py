@@ -166,7 +166,12 @@ def lesion_entry(prediction: Prediction, index: int, tracking_uid: str | None = 
 def backend_entry(info: BackendInfo) -> dict[str, Any]:
     """``BackendInfo.to_dict()`` plus a ``checkpoint_status`` a reader cannot miss."""
     d = info.to_dict()
-    d["checkpoint_status"] = "trained" if info.trained else UNTRAINED
+    if not info.trained:
+        d["checkpoint_status"] = UNTRAINED
+    elif info.checkpoint:
+        d["checkpoint_status"] = "trained"
+    else:
+        d["checkpoint_status"] = "no checkpoint (training-free)"
     return d
 
 

@@ -1,0 +1,341 @@
+"""Training-free lung tumour detector: lung fields, soft-tissue candidates, shape filters.
+
+The pipeline works on a coarse grid (block means to about ``work_mm`` in-plane and
+``work_z_mm`` along z) and every size is given in mm or ml, so it behaves the same on any
+spacing:
+
+1. **Lungs**: 3-D components of air (``HU < air_hu``) of at least ``min_lung_ml``, whose
+   share of very dark voxels (``< pure_air_hu``) is small: outside air, the table's
+   padding, the trachea and bowel gas are almost pure air, lung parenchyma is not.
+2. **Lung fields**: the lungs are split into left and right (an erosion, then every lung
+   voxel goes to the nearest eroded component) and each is closed with a ball of radius
+   ``field_radius_mm`` (two Euclidean distance transforms). The closing fills vessels,
+   nodules and tumours that indent the lung surface (juxta-pleural, hilar) but not the
+   broad concavities of the heart, mediastinum or diaphragm.
+3. **Candidates**: soft tissue (smoothed ``soft_lo_hu .. soft_hi_hu``) inside the lung
+   fields and outside the aerated lung, after an opening with a ball of radius
+   ``vessel_radius_mm`` that removes vessels and airway walls (thinner structures).
+4. **Filters and score**: per 3-D component, volume (``min_volume_ml`` .. ``max_volume_ml``),
+   thickness (largest inscribed ball radius, ``min_thickness_mm``), elongation (ratio of
+   the principal axes, vessels are long) and the share of its surface that touches
+   aerated lung (tumours are mostly surrounded by lung; the mediastinal rims that the
+   closing adds are not). The score in 0..1 combines these; components scoring below
+   ``min_score`` are dropped.
+5. **Boxes**: one :class:`Box3D` per component, mapped back to the original grid, with
+   the key slice at the component's largest cross-section.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage as ndi
+
+from ..backends import ProgressFn
+from ..config import Settings
+from ..errors import ConfigError
+from ..types import BackendInfo, Box3D, Volume
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+BoolArray = npt.NDArray[np.bool_]
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class CandidatesParams:
+    """Physical parameters (HU, mm, ml); override with ``Settings.options["candidates"]``."""
+
+    work_mm: float = 2.0
+    work_z_mm: float = 2.5
+    air_hu: float = -400.0
+    pure_air_hu: float = -950.0
+    max_pure_air_frac: float = 0.2
+    min_lung_ml: float = 50.0
+    split_erosion_mm: float = 3.0
+    min_split_ml: float = 100.0
+    field_radius_mm: float = 40.0
+    soft_lo_hu: float = -400.0
+    soft_hi_hu: float = 200.0
+    vessel_radius_mm: float = 3.5
+    min_volume_ml: float = 0.3
+    max_volume_ml: float = 1500.0
+    min_thickness_mm: float = 4.0
+    max_elongation: float = 4.0
+    min_lung_contact: float = 0.38
+    core_frac: float = 0.6
+    min_score: float = 0.6
+    box_margin_mm: float = 2.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v):
+                raise ConfigError(f"Argument 'candidates.{f.name}' must be a finite number; "
+                                  f"got {v!r}")
+            if not f.name.endswith("_hu") and v < 0:
+                raise ConfigError(f"Argument 'candidates.{f.name}' must be >= 0; got {v!r}")
+        for name in ("work_mm", "work_z_mm", "field_radius_mm"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"Argument 'candidates.{name}' must be > 0; "
+                                  f"got {getattr(self, name)!r}")
+        if self.soft_lo_hu >= self.soft_hi_hu:
+            raise ConfigError("Argument 'candidates.soft_lo_hu' must be below 'soft_hi_hu'; "
+                              f"got {self.soft_lo_hu} >= {self.soft_hi_hu}")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> CandidatesParams:
+        raw = options.get("candidates", {}) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"Argument 'options[\"candidates\"]' must be a mapping; "
+                              f"got {raw!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"Argument 'options[\"candidates\"]' has unknown key(s) "
+                              f"{', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One soft-tissue component with its features (working grid)."""
+
+    label: int
+    volume_ml: float
+    thickness_mm: float
+    elongation: float
+    lung_contact: float
+    score: float
+    bbox: tuple[slice, slice, slice]
+
+
+def _ball(radius_mm: float, spacing: tuple[float, float, float]) -> BoolArray:
+    r = [max(0, int(np.floor(radius_mm / s))) for s in spacing]
+    z, y, x = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
+    b: BoolArray = ((z * spacing[0]) ** 2 + (y * spacing[1]) ** 2 + (x * spacing[2]) ** 2
+                    <= radius_mm ** 2 + 1e-6)
+    return b
+
+
+def _block_mean(a: FloatArray, f: tuple[int, int, int]) -> FloatArray:
+    """Downsample by integer factors with block means (the remainder is dropped)."""
+    if f == (1, 1, 1):
+        return a
+    nz, ny, nx = (a.shape[0] // f[0], a.shape[1] // f[1], a.shape[2] // f[2])
+    b = a[:nz * f[0], :ny * f[1], :nx * f[2]]
+    out: FloatArray = b.reshape(nz, f[0], ny, f[1], nx, f[2]).mean(axis=(1, 3, 5),
+                                                                   dtype=np.float32)
+    return out
+
+
+def _closing_edt(mask: BoolArray, radius_mm: float, spacing: tuple[float, float, float]
+                 ) -> BoolArray:
+    """Morphological closing with a ball, by two Euclidean distance transforms."""
+    pad = [int(np.ceil(radius_mm / s)) + 1 for s in spacing]
+    mp = np.pad(mask, [(p, p) for p in pad])
+    dil = ndi.distance_transform_edt(~mp, sampling=spacing) <= radius_mm
+    closed = ndi.distance_transform_edt(dil, sampling=spacing) > radius_mm
+    out: BoolArray = closed[pad[0]:-pad[0], pad[1]:-pad[1], pad[2]:-pad[2]]
+    return out
+
+
+class CandidatesDetector:
+    """Training-free detector; see the module docstring."""
+
+    def __init__(self, params: CandidatesParams | None = None) -> None:
+        self.params = params or CandidatesParams()
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(name="candidates", kind="detector", version=VERSION,
+                           family="Morphological Operations",
+                           details={f.name: getattr(self.params, f.name)
+                                    for f in fields(self.params)})
+
+    # ------------------------------------------------------------------ steps
+    def lung_mask(self, img: FloatArray, spacing: tuple[float, float, float]) -> BoolArray:
+        """Aerated lung: large air components that are not almost pure air."""
+        p = self.params
+        air = img < p.air_hu
+        lab, n = ndi.label(air)
+        if n == 0:
+            return np.zeros_like(air)
+        idx = np.arange(1, n + 1)
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.float64)
+        pure = np.bincount(lab.ravel(), weights=(img < p.pure_air_hu).ravel(),
+                           minlength=n + 1)[1:]
+        vox_ml = float(np.prod(spacing)) / 1000.0
+        keep = idx[(sizes * vox_ml >= p.min_lung_ml) & (pure / np.maximum(sizes, 1)
+                                                         <= p.max_pure_air_frac)]
+        out: BoolArray = np.isin(lab, keep)
+        return out
+
+    def lung_fields(self, lung: BoolArray, spacing: tuple[float, float, float]) -> BoolArray:
+        """Each lung (left/right split) closed with a ball of ``field_radius_mm``."""
+        p = self.params
+        if not lung.any():
+            return lung.copy()
+        vox_ml = float(np.prod(spacing)) / 1000.0
+        eroded = ndi.binary_erosion(lung, structure=_ball(p.split_erosion_mm, spacing))
+        lab, n = ndi.label(eroded)
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        sizes[0] = 0
+        big = [int(i) for i in np.nonzero(sizes * vox_ml >= p.min_split_ml)[0]]
+        if len(big) <= 1:
+            parts = [lung]
+        else:
+            seeds = np.where(np.isin(lab, big), lab, 0)
+            _, (iz, iy, ix) = ndi.distance_transform_edt(seeds == 0, sampling=spacing,
+                                                         return_indices=True)
+            nearest = seeds[iz, iy, ix]
+            parts = [lung & (nearest == b) for b in big]
+        field = np.zeros_like(lung)
+        r = p.field_radius_mm
+        for part in parts:
+            if not part.any():
+                continue
+            nzs = np.nonzero(part.any(axis=(1, 2)))[0]
+            nys = np.nonzero(part.any(axis=(0, 2)))[0]
+            nxs = np.nonzero(part.any(axis=(0, 1)))[0]
+            sl = (slice(nzs[0], nzs[-1] + 1), slice(nys[0], nys[-1] + 1),
+                  slice(nxs[0], nxs[-1] + 1))
+            field[sl] |= _closing_edt(part[sl], r, spacing)
+        return field
+
+    def candidates(self, img: FloatArray, spacing: tuple[float, float, float]
+                   ) -> tuple[npt.NDArray[np.int32], list[Candidate]]:
+        """Label map of soft-tissue components in the lung fields, and their features."""
+        p = self.params
+        lung = self.lung_mask(img, spacing)
+        field = self.lung_fields(lung, spacing)
+        smooth = ndi.uniform_filter(img, size=3)
+        soft = (smooth >= p.soft_lo_hu) & (smooth <= p.soft_hi_hu) & field & ~lung
+        soft = ndi.binary_opening(soft, structure=_ball(p.vessel_radius_mm, spacing))
+        lab, n = ndi.label(soft)
+        lab = lab.astype(np.int32)
+        vox_ml = float(np.prod(spacing)) / 1000.0
+        shell_se = ndi.generate_binary_structure(3, 1)
+        out: list[Candidate] = []
+        objs = ndi.find_objects(lab)
+        for i, sl in enumerate(objs, start=1):
+            if sl is None:
+                continue
+            # a 1-voxel border around the component for its surface
+            sl = tuple(slice(max(0, s.start - 1), min(dim, s.stop + 1))
+                       for s, dim in zip(sl, lab.shape, strict=False))
+            comp = lab[sl] == i
+            vol_ml = float(comp.sum()) * vox_ml
+            if vol_ml < p.min_volume_ml or vol_ml > p.max_volume_ml:
+                continue
+            edt = ndi.distance_transform_edt(comp, sampling=spacing)
+            # EDT counts to the nearest background voxel centre: add half a voxel
+            thick = float(edt.max()) + 0.5 * float(np.mean(spacing))
+            if thick < p.min_thickness_mm:
+                continue
+            comp = self._core(comp, edt, thick, spacing)
+            vol_ml = float(comp.sum()) * vox_ml
+            if vol_ml < p.min_volume_ml:
+                continue
+            coords = np.argwhere(comp).astype(np.float64) * np.asarray(spacing)
+            if len(coords) >= 4:
+                ev = np.sort(np.linalg.eigvalsh(np.cov(coords.T)))[::-1]
+                elong = float(np.sqrt(ev[0] / max(ev[2], 1e-6)))
+            else:
+                elong = 1.0
+            shell = ndi.binary_dilation(comp, structure=shell_se) & ~comp
+            n_shell = int(shell.sum())
+            contact = float((shell & lung[sl]).sum()) / max(n_shell, 1)
+            if contact < p.min_lung_contact:
+                log.debug("candidate %d: lung contact %.2f below %.2f; dropped", i, contact,
+                          p.min_lung_contact)
+                lab[sl][lab[sl] == i] = 0
+                continue
+            score = self._score(thick, elong, contact)
+            log.debug("candidate %d: %.2f ml, thickness %.1f mm, elongation %.2f, lung contact "
+                      "%.2f, score %.2f", i, vol_ml, thick, elong, contact, score)
+            lab[sl][(lab[sl] == i) & ~comp] = 0
+            nzc = np.nonzero(comp)
+            bbox = tuple(slice(s0.start + int(a.min()), s0.start + int(a.max()) + 1)
+                         for s0, a in zip(sl, nzc, strict=False))
+            out.append(Candidate(i, vol_ml, thick, elong, contact, score,
+                                 bbox))  # type: ignore[arg-type]
+        return lab, out
+
+    def _core(self, comp: BoolArray, edt: npt.NDArray[np.float64], thick: float,
+              spacing: tuple[float, float, float]) -> BoolArray:
+        """The thick core of a component: an opening with a ball of ``core_frac`` of its
+        thickness cuts thinner attachments (vessels, hilar and mediastinal rims); the
+        part holding the deepest point is restored by a dilation inside the component."""
+        p = self.params
+        r = max(p.vessel_radius_mm, p.core_frac * thick)
+        se = _ball(r, spacing)
+        core = ndi.binary_opening(comp, structure=se)
+        lab, n = ndi.label(core)
+        if n == 0:
+            return comp
+        deepest = np.unravel_index(int(np.argmax(np.where(core, edt, -1))), comp.shape)
+        keep = lab == lab[deepest]
+        out: BoolArray = ndi.binary_dilation(keep, structure=se) & comp
+        return out
+
+    def _score(self, thick: float, elong: float, contact: float) -> float:
+        """0..1: thickness dominates; round shapes and lung contact add."""
+        p = self.params
+        t = p.min_thickness_mm
+        s_thick = float(np.clip((thick - t) / t, 0, 1))
+        s_elong = float(np.clip((p.max_elongation - elong) / max(p.max_elongation - 1, 1e-6)
+                                * 2, 0, 1))
+        s_contact = float(np.clip((contact - p.min_lung_contact)
+                                  / max(1 - p.min_lung_contact, 1e-6) * 2, 0, 1))
+        return 0.6 * s_thick + 0.25 * s_elong + 0.15 * s_contact
+
+    # ------------------------------------------------------------------ API
+    def detect(self, volume: Volume, progress: ProgressFn | None = None) -> list[Box3D]:
+        """One box per candidate lesion, best score first."""
+        p = self.params
+        sz, sy, sx = volume.spacing
+        f = (max(1, int(round(p.work_z_mm / sz))), max(1, int(round(p.work_mm / sy))),
+             max(1, int(round(p.work_mm / sx))))
+        img = _block_mean(volume.array, f)
+        wsp = (sz * f[0], sy * f[1], sx * f[2])
+        if min(img.shape) < 3:
+            log.warning("volume %s too small for the candidates detector", volume.shape)
+            return []
+        if progress is not None:
+            progress(0, 2)
+        lab, cands = self.candidates(img, wsp)
+        boxes: list[Box3D] = []
+        nz, ny, nx = volume.shape
+        mz = int(np.ceil(p.box_margin_mm / sz))
+        my = int(np.ceil(p.box_margin_mm / sy))
+        mx = int(np.ceil(p.box_margin_mm / sx))
+        for c in sorted(cands, key=lambda c: -c.score):
+            if c.score < p.min_score:
+                continue
+            comp = lab[c.bbox] == c.label
+            area = comp.sum(axis=(1, 2))
+            kw = c.bbox[0].start + int(area.argmax())
+            z0 = max(0, c.bbox[0].start * f[0] - mz)
+            z1 = min(nz, c.bbox[0].stop * f[0] + mz)
+            y0 = max(0, c.bbox[1].start * f[1] - my)
+            y1 = min(ny, c.bbox[1].stop * f[1] + my)
+            x0 = max(0, c.bbox[2].start * f[2] - mx)
+            x1 = min(nx, c.bbox[2].stop * f[2] + mx)
+            key = int(min(max(kw * f[0] + f[0] // 2, z0), z1 - 1))
+            boxes.append(Box3D(z0=z0, z1=z1, y0=y0, y1=y1, x0=x0, x1=x1, key_slice=key,
+                               score=min(1.0, max(0.0, c.score)), source="candidates"))
+        if progress is not None:
+            progress(2, 2)
+        log.info("candidates: %d component(s), %d box(es)", len(cands), len(boxes))
+        return boxes
+
+
+def create(settings: Settings) -> CandidatesDetector:
+    """Registry factory: ``Settings.options["candidates"]`` may override the parameters."""
+    return CandidatesDetector(CandidatesParams.from_options(dict(settings.options)))

@@ -1,0 +1,1 @@
+"""Segmenters: turn box prompts into one lesion mask each (see :mod:`autoprompt_seg.backends`)."""

@@ -1,0 +1,110 @@
+"""The training-free candidates detector on seeded synthetic chests and a real study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoprompt_seg.config import Settings
+from autoprompt_seg.detect.candidates import CandidatesDetector, CandidatesParams, create
+from autoprompt_seg.errors import ConfigError
+from autoprompt_seg.types import Box3D, Volume
+
+SPACING = (2.5, 1.5, 1.5)
+
+
+def synthetic_chest(seed: int = 0, tumour_mm: float = 9.0, spacing=SPACING
+                    ) -> tuple[Volume, tuple[float, float, float], tuple[float, float]]:
+    """Body (+40 HU) with two lungs (-850 HU), a spherical tumour (+40 HU, radius
+    ``tumour_mm``) in the left lung and a vessel (tube of radius 2 mm along z) in the right.
+    Returns the volume, the tumour centre (z, y, x in mm) and the tube centre (y, x in mm)."""
+    rng = np.random.default_rng(seed)
+    ext = (100.0, 150.0, 200.0)  # mm
+    shape = tuple(int(round(e / s)) for e, s in zip(ext, spacing, strict=False))
+    z, y, x = np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(shape, spacing, strict=False)],
+                          indexing="ij")
+    arr = np.full(shape, -1000.0, dtype=np.float32)
+    body = ((y - 75) / 70) ** 2 + ((x - 100) / 95) ** 2 <= 1
+    arr[body] = 40.0
+    left = ((z - 50) / 42) ** 2 + ((y - 75) / 45) ** 2 + ((x - 55) / 32) ** 2 <= 1
+    right = ((z - 50) / 42) ** 2 + ((y - 75) / 45) ** 2 + ((x - 145) / 32) ** 2 <= 1
+    arr[left | right] = -850.0
+    tc = (50.0, 70.0, 55.0)
+    arr[(z - tc[0]) ** 2 + (y - tc[1]) ** 2 + (x - tc[2]) ** 2 <= tumour_mm ** 2] = 40.0
+    vc = (80.0, 150.0)
+    arr[right & ((y - vc[0]) ** 2 + (x - vc[1]) ** 2 <= 2.0 ** 2)] = 40.0
+    arr += rng.normal(0, 15, shape).astype(np.float32)
+    vol = Volume(array=arr.astype(np.float32), spacing=spacing, origin=(0.0, 0.0, 0.0),
+                 direction=np.eye(3), source_format="synthetic")
+    return vol, tc, vc
+
+
+def _contains(box: Box3D, zyx_mm: tuple[float, float, float], spacing) -> bool:
+    idx = [int(c / s) for c, s in zip(zyx_mm, spacing, strict=False)]
+    return box.z0 <= idx[0] < box.z1 and box.y0 <= idx[1] < box.y1 and box.x0 <= idx[2] < box.x1
+
+
+def test_info_and_factory() -> None:
+    det = create(Settings(options={"candidates": {"min_score": 0.4}}))
+    info = det.info()
+    assert (info.name, info.kind, info.checkpoint) == ("candidates", "detector", "")
+    assert det.params.min_score == 0.4
+
+
+def test_bad_option_names_the_argument() -> None:
+    with pytest.raises(ConfigError, match="field_radius_mm"):
+        CandidatesParams(field_radius_mm=-1.0)
+    with pytest.raises(ConfigError, match="bogus"):
+        create(Settings(options={"candidates": {"bogus": 1}}))
+
+
+def test_finds_tumour_not_vessel() -> None:
+    vol, tc, vc = synthetic_chest()
+    calls: list[tuple[int, int]] = []
+    boxes = CandidatesDetector().detect(vol, progress=lambda i, n: calls.append((i, n)))
+    assert calls and calls[-1][0] == calls[-1][1]
+    assert len(boxes) == 1, boxes
+    b = boxes[0]
+    assert _contains(b, tc, SPACING)
+    assert b.source == "candidates" and 0 <= b.score <= 1
+    # the box is tight: about the tumour's 18 mm diameter, not the lung
+    dz, dy, dx = (n * s for n, s in zip(b.size, SPACING, strict=False))
+    assert 12 <= dy <= 30 and 12 <= dx <= 30 and 10 <= dz <= 35
+    # key slice near the tumour's equator
+    assert abs(b.key_slice * SPACING[0] + SPACING[0] / 2 - tc[0]) <= 2 * SPACING[0]
+    for bb in boxes:  # the vessel is never boxed
+        assert not (bb.y0 * 1.5 <= vc[0] < bb.y1 * 1.5 and bb.x0 * 1.5 <= vc[1] < bb.x1 * 1.5)
+
+
+def test_spacing_independent() -> None:
+    vol, tc, _ = synthetic_chest(seed=1, spacing=(1.25, 0.75, 0.75))
+    boxes = CandidatesDetector().detect(vol)
+    assert len(boxes) == 1 and _contains(boxes[0], tc, (1.25, 0.75, 0.75))
+
+
+def test_no_tumour_no_box() -> None:
+    vol, _, _ = synthetic_chest(seed=2, tumour_mm=0.0)
+    assert CandidatesDetector().detect(vol) == []
+
+
+def test_tiny_blob_below_min_volume_is_ignored() -> None:
+    vol, _, _ = synthetic_chest(seed=3, tumour_mm=3.0)  # 0.11 ml
+    assert CandidatesDetector().detect(vol) == []
+
+
+def test_real_pat4_tumour_detected(pat4_dir: Path) -> None:
+    from autoprompt_seg.io.dicom import load_study
+    from autoprompt_seg.io.rtstruct import find_rtstruct, load_roi_mask
+
+    vol, _ = load_study(pat4_dir)
+    rs = find_rtstruct(pat4_dir)
+    assert rs is not None
+    gt = load_roi_mask(rs, vol)
+    boxes = CandidatesDetector().detect(vol)
+    hits = [b for b in boxes if gt[b.slices()].any()]
+    assert hits, boxes
+    assert len(boxes) - len(hits) <= 1
+    # the best hit holds most of the tumour
+    assert max(gt[b.slices()].sum() for b in hits) / gt.sum() > 0.9
