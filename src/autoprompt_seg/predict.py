@@ -27,8 +27,8 @@ class PredictResult:
     warnings: tuple[str, ...]
 
 
-def load_input(path: str | os.PathLike[str], series_uid: str | None = None
-               ) -> tuple[Volume, dict[str, Any]]:
+def load_input(path: str | os.PathLike[str], series_uid: str | None = None,
+               stage_progress: StageProgress | None = None) -> tuple[Volume, dict[str, Any]]:
     """Load a DICOM study folder, or a NIfTI/NRRD file. Returns (volume, input info)."""
     from .io.image import is_image_file, load_image
 
@@ -39,7 +39,8 @@ def load_input(path: str | os.PathLike[str], series_uid: str | None = None
     else:
         from .io.dicom import load_study
 
-        vol, reason = load_study(p, series_uid)
+        progress = stage_progress("load", 0) if stage_progress else None
+        vol, reason = load_study(p, series_uid, progress)
     info = {
         "path": str(p),
         "format": vol.source_format,
@@ -76,7 +77,7 @@ def predict_path(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
     det_spec = registry.get("detector", detector)
     seg_spec = registry.get("segmenter", segmenter)
     t0 = time.perf_counter()
-    volume, info = load_input(path, series_uid)
+    volume, info = load_input(path, series_uid, stage_progress)
     t_load = time.perf_counter() - t0
     det = det_spec.create(settings)
     seg = seg_spec.create(settings)

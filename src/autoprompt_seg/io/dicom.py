@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -337,7 +337,8 @@ def _pixels(ds: Dataset, path: str) -> np.ndarray:
     return out
 
 
-def load_series(info: SeriesInfo) -> Volume:
+def load_series(info: SeriesInfo,
+                progress: Callable[[int, int], None] | None = None) -> Volume:
     """Check the geometry of a series, decode its pixels and return a HU volume."""
     where = f"series {info.series_uid}"
     headers, paths = info.headers, info.paths
@@ -417,6 +418,8 @@ def load_series(info: SeriesInfo) -> Volume:
             raise GeometryError(f"{where}: {p} pixel data is {px.shape}, header says "
                                 f"{rows0}x{cols0}")
         arr[k] = px
+        if progress is not None:
+            progress(k + 1, len(paths))
         sop_class = str(headers[k].get("SOPClassUID", "") or "")
         sop_instance = str(headers[k].get("SOPInstanceUID", "") or "")
         if not sop_instance:
@@ -440,7 +443,8 @@ def load_series(info: SeriesInfo) -> Volume:
     )
 
 
-def load_study(study_dir: str | os.PathLike[str], series_uid: str | None = None
+def load_study(study_dir: str | os.PathLike[str], series_uid: str | None = None,
+               progress: Callable[[int, int], None] | None = None
                ) -> tuple[Volume, str]:
     """Scan ``study_dir``, choose the CT series and load it. Returns (volume, reason)."""
     series = scan_study(study_dir)
@@ -448,4 +452,4 @@ def load_study(study_dir: str | os.PathLike[str], series_uid: str | None = None
         info, reason = choose_series(series, series_uid)
     except InputError as e:
         raise InputError(f"{study_dir}: {e}") from e
-    return load_series(info), reason
+    return load_series(info, progress), reason
