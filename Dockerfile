@@ -1,0 +1,31 @@
+# autoprompt_seg: `autoseg` in a container. Weights are mounted, never baked in:
+#   docker build -t autoprompt_seg .
+#   docker run --rm -v /data/study:/in:ro -v /data/out:/out -v /srv/weights:/weights \
+#       autoprompt_seg predict /in -o /out/study1
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    AUTOSEG_WEIGHTS_DIR=/weights \
+    AUTOSEG_CACHE_DIR=/cache
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends dcmtk=3.6.* dicom3tools \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/autoprompt_seg
+COPY pyproject.toml README.md ./
+COPY src ./src
+COPY weights ./weights
+# torch is pinned by the project; the default PyPI wheel carries CUDA for GPU hosts.
+RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 \
+ && pip install --no-cache-dir .
+
+RUN useradd --create-home --uid 10001 autoseg \
+ && mkdir -p /weights /cache /out \
+ && chown autoseg /cache /out
+USER autoseg
+VOLUME ["/weights", "/cache"]
+ENTRYPOINT ["autoseg"]
+CMD ["--help"]
