@@ -261,7 +261,7 @@ def build_report(prediction: Prediction, *, input_info: Mapping[str, Any],
                      **{k: float(v) for k, v in (timings or {}).items()}}
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "software": software_versions(),
         "input": input_entry(prediction.volume, input_info),
         "backends": {"detector": backend_entry(prediction.detector),
