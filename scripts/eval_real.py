@@ -106,11 +106,25 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=None, help="demo data cache folder")
     ap.add_argument("--no-tumour", type=Path, default=None,
                     help="a CT without tumour (NIfTI/NRRD or DICOM folder) for an FP count")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="BACKEND.KEY=VALUE",
+                    help="override a backend parameter, e.g. candidates.min_score=0.7 "
+                         "(repeatable; for sensitivity checks)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    settings = Settings(cache_dir=args.cache or default_cache_dir())
+    options: dict[str, dict[str, float]] = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        backend, dot, name = key.partition(".")
+        if not sep or not dot or not backend or not name:
+            ap.error(f"--set: expected BACKEND.KEY=VALUE; got {item!r}")
+        try:
+            options.setdefault(backend, {})[name] = float(value)
+        except ValueError:
+            ap.error(f"--set {item}: the value must be a number")
+    settings = Settings(cache_dir=args.cache or default_cache_dir(), options=options)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
         if m not in ("auto", "oracle"):

@@ -108,3 +108,18 @@ def test_real_pat4_tumour_detected(pat4_dir: Path) -> None:
     assert len(boxes) - len(hits) <= 1
     # the best hit holds most of the tumour
     assert max(gt[b.slices()].sum() for b in hits) / gt.sum() > 0.9
+
+
+@pytest.mark.parametrize("radius_mm", [7.0, 8.0])
+def test_isolated_nodule_counts_as_surrounded_by_lung(radius_mm: float) -> None:
+    """A round nodule in the middle of the lung touches only lung. The voxels right at
+    its surface are partial-volume tissue left out by the smoothed threshold; they must
+    not count as a non-lung neighbour (a 14 mm nodule was once dropped for that)."""
+    vol, tc, _ = synthetic_chest(seed=4, tumour_mm=radius_mm)
+    det = CandidatesDetector()
+    _, cands = det.candidates(vol.array, SPACING)
+    assert cands, "no candidate"
+    best = max(cands, key=lambda c: c.score)
+    assert best.lung_contact >= 0.8, best
+    boxes = det.detect(vol)
+    assert len(boxes) == 1 and _contains(boxes[0], tc, SPACING)

@@ -19,8 +19,9 @@ spacing:
    thickness (largest inscribed ball radius, ``min_thickness_mm``), elongation (ratio of
    the principal axes, vessels are long) and the share of its surface that touches
    aerated lung (tumours are mostly surrounded by lung; the mediastinal rims that the
-   closing adds are not). The score in 0..1 combines these; components scoring below
-   ``min_score`` are dropped.
+   closing adds are not), measured on the ring one voxel beyond the component's surface
+   so that partial-volume voxels at the surface do not count as non-lung. The score in
+   0..1 combines these; components scoring below ``min_score`` are dropped.
 5. **Boxes**: one :class:`Box3D` per component, mapped back to the original grid, with
    the key slice at the component's largest cross-section.
 """
@@ -226,8 +227,8 @@ class CandidatesDetector:
         for i, sl in enumerate(objs, start=1):
             if sl is None:
                 continue
-            # a 1-voxel border around the component for its surface
-            sl = tuple(slice(max(0, s.start - 1), min(dim, s.stop + 1))
+            # a 2-voxel border around the component for its surface
+            sl = tuple(slice(max(0, s.start - 2), min(dim, s.stop + 2))
                        for s, dim in zip(sl, lab.shape, strict=False))
             comp = lab[sl] == i
             vol_ml = float(comp.sum()) * vox_ml
@@ -248,7 +249,10 @@ class CandidatesDetector:
                 elong = float(np.sqrt(ev[0] / max(ev[2], 1e-6)))
             else:
                 elong = 1.0
-            shell = ndi.binary_dilation(comp, structure=shell_se) & ~comp
+            # the ring one voxel beyond the surface: the voxels right at the surface may be
+            # partial-volume tissue that the smoothed threshold and the opening left out
+            inner = ndi.binary_dilation(comp, structure=shell_se)
+            shell = ndi.binary_dilation(inner, structure=shell_se) & ~inner
             n_shell = int(shell.sum())
             contact = float((shell & lung[sl]).sum()) / max(n_shell, 1)
             if contact < p.min_lung_contact:
