@@ -23,9 +23,12 @@ RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 \
  && pip install --no-cache-dir .
 
 RUN useradd --create-home --uid 10001 autoseg \
- && mkdir -p /weights /cache /out \
- && chown autoseg /cache /out
+ && mkdir -p /weights /cache /out /spool \
+ && chown autoseg /cache /out /spool
 USER autoseg
-VOLUME ["/weights", "/cache"]
+VOLUME ["/weights", "/cache", "/spool"]
+# `autoseg listen` (docs/deploy.md): a DICOM node on 11112, checked by C-ECHO
+EXPOSE 11112
+HEALTHCHECK --interval=30s --timeout=10s CMD echoscu -to 5 -aec AUTOSEG 127.0.0.1 11112 || exit 1
 ENTRYPOINT ["autoseg"]
 CMD ["--help"]

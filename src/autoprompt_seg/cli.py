@@ -383,5 +383,10 @@ def demo(ctx: Ctx, synthetic: bool, patient: str, seed: int, **kw: Any) -> None:
     _run_predict(ctx, study, **kw)
 
 
+from .cli_listen import register as _register_listen  # noqa: E402
+
+_register_listen(main, handle_errors)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
