@@ -386,6 +386,8 @@ def demo(ctx: Ctx, synthetic: bool, patient: str, seed: int, **kw: Any) -> None:
 from .cli_listen import register as _register_listen  # noqa: E402
 
 _register_listen(main, handle_errors)
+for _name in ("listen", "queue"):
+    main.commands[_name].epilog = (main.commands[_name].epilog or "") + "\n\n" + EXIT_HELP
 
 
 if __name__ == "__main__":  # pragma: no cover
