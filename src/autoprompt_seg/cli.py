@@ -165,6 +165,9 @@ def backend_options(f: F) -> F:
                           "NIfTI/NRRD mask; one box per lesion."),
         click.option("--roi-name", default="GTV-1", show_default=True,
                      help="ROI of the RTSTRUCT given to --prompts-from."),
+        click.option("--detector-model", type=click.Path(file_okay=False), default=None,
+                     help="nnU-Net v2 model folder for --detector nnunet / --segmenter nnunet "
+                          "(default: the installed nnunet_lung_detector weights)."),
         click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
                      envvar="AUTOSEG_WEIGHTS_DIR",
                      help="Folder of installed weights [env AUTOSEG_WEIGHTS_DIR]."),
@@ -180,7 +183,7 @@ def backend_options(f: F) -> F:
 
 def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, device: str,
                  threads: int, prompts: str | None, prompts_from: str | None, roi_name: str,
-                 weights_dir: str | None, out_dir: str, as_json: bool,
+                 detector_model: str | None, weights_dir: str | None, out_dir: str, as_json: bool,
                  series: str | None = None) -> None:
     from .predict import predict_path
 
@@ -193,6 +196,8 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
         detector = "oracle"
     detector = detector or registry.DEFAULT_DETECTOR
     options: dict[str, Any] = {"roi_name": roi_name}
+    if detector_model:
+        options["nnunet"] = {"model_dir": detector_model}
     if prompts:
         options["prompts"] = prompts
     if prompts_from:
@@ -383,10 +388,14 @@ def demo(ctx: Ctx, synthetic: bool, patient: str, seed: int, **kw: Any) -> None:
     _run_predict(ctx, study, **kw)
 
 
+from .cli_detector import detector as detector_group  # noqa: E402
 from .cli_listen import register as _register_listen  # noqa: E402
 
 _register_listen(main, handle_errors)
-for _name in ("listen", "queue"):
+for _cmd in detector_group.commands.values():
+    _cmd.callback = handle_errors(_cmd.callback)  # type: ignore[arg-type,type-var]
+main.add_command(detector_group)
+for _name in ("listen", "queue", "detector"):
     main.commands[_name].epilog = (main.commands[_name].epilog or "") + "\n\n" + EXIT_HELP
 
 

@@ -68,10 +68,24 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 "RTSTRUCT/SEG/mask (--prompts-from)",
         factory=".detect.oracle:create", requires=("scipy",)),
     BackendSpec(
+        name="nnunet", kind="detector",
+        summary="lightweight nnU-Net v2 model: connected components of its tumour "
+                "probability, one box per tumour (--detector-model DIR or installed weights)",
+        factory=".detect.nnunet:create", requires=("nnunetv2", "torch", "scipy"),
+        weights=("nnunet_lung_detector",)),
+    BackendSpec(
         name="classical", kind="segmenter",
         summary="training-free: box-prompted region growing on the key slice, then slice "
                 "by slice in both directions until the tumour ends",
         factory=".segment.classical:create", requires=("scipy", "skimage"), traditional=True),
+)
+
+BACKENDS += (
+    BackendSpec(
+        name="nnunet", kind="segmenter",
+        summary="nnU-Net v2's own full mask (no prompt): the components overlapping each box",
+        factory=".segment.nnunet_seg:create", requires=("nnunetv2", "torch", "scipy"),
+        weights=("nnunet_lung_detector",)),
 )
 
 DEFAULT_DETECTOR = "candidates"
