@@ -168,6 +168,9 @@ def backend_options(f: F) -> F:
         click.option("--detector-model", type=click.Path(file_okay=False), default=None,
                      help="nnU-Net v2 model folder for --detector nnunet / --segmenter nnunet "
                           "(default: the installed nnunet_lung_detector weights)."),
+        click.option("--checkpoint", "medsam2_checkpoint", default=None,
+                     help="MedSAM2 checkpoint for --segmenter medsam2: a weights name from "
+                          "`autoseg weights list` or a file (default MedSAM2_latest)."),
         click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
                      envvar="AUTOSEG_WEIGHTS_DIR",
                      help="Folder of installed weights [env AUTOSEG_WEIGHTS_DIR]."),
@@ -183,7 +186,7 @@ def backend_options(f: F) -> F:
 
 def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, device: str,
                  threads: int, prompts: str | None, prompts_from: str | None, roi_name: str,
-                 detector_model: str | None, weights_dir: str | None, out_dir: str, as_json: bool,
+                 detector_model: str | None, medsam2_checkpoint: str | None, weights_dir: str | None, out_dir: str, as_json: bool,
                  series: str | None = None) -> None:
     from .predict import predict_path
 
@@ -198,6 +201,8 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
     options: dict[str, Any] = {"roi_name": roi_name}
     if detector_model:
         options["nnunet"] = {"model_dir": detector_model}
+    if medsam2_checkpoint:
+        options["medsam2_checkpoint"] = medsam2_checkpoint
     if prompts:
         options["prompts"] = prompts
     if prompts_from:
@@ -390,12 +395,14 @@ def demo(ctx: Ctx, synthetic: bool, patient: str, seed: int, **kw: Any) -> None:
 
 from .cli_detector import detector as detector_group  # noqa: E402
 from .cli_listen import register as _register_listen  # noqa: E402
+from .cli_weights import weights as weights_group  # noqa: E402
 
 _register_listen(main, handle_errors)
 for _cmd in detector_group.commands.values():
     _cmd.callback = handle_errors(_cmd.callback)  # type: ignore[arg-type,type-var]
 main.add_command(detector_group)
-for _name in ("listen", "queue", "detector"):
+main.add_command(weights_group)
+for _name in ("listen", "queue", "detector", "weights"):
     main.commands[_name].epilog = (main.commands[_name].epilog or "") + "\n\n" + EXIT_HELP
 
 

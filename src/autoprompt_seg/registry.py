@@ -82,6 +82,12 @@ BACKENDS: tuple[BackendSpec, ...] = (
 
 BACKENDS += (
     BackendSpec(
+        name="medsam2", kind="segmenter",
+        summary="MedSAM2 (sam2.1 Hiera-tiny, 512 px): the box prompts the key slice, the mask "
+                "is tracked forward and backward through the slices",
+        factory=".segment.medsam2:create", requires=("torch", "sam2"),
+        weights=("MedSAM2_latest",)),
+    BackendSpec(
         name="nnunet", kind="segmenter",
         summary="nnU-Net v2's own full mask (no prompt): the components overlapping each box",
         factory=".segment.nnunet_seg:create", requires=("nnunetv2", "torch", "scipy"),

@@ -1,0 +1,196 @@
+"""``autoseg weights``: list, add, verify, locate and fetch model weights.
+
+A thin click layer over :mod:`autoprompt_seg.weights`; library errors are turned into
+one-line messages and exit codes by ``cli.handle_errors`` (imported when a command runs,
+so that ``cli.py`` may import this module without a cycle).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .errors import EXIT_CODES, ConfigError, UnavailableError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {k:>3}  {v}" for k, v in EXIT_CODES.items())
+
+
+def _handled(f: F) -> F:
+    """Apply ``cli.handle_errors`` at call time (no import cycle with cli.py)."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .cli import handle_errors
+
+        return handle_errors(f)(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _weights_dir_option(f: F) -> F:
+    return click.option(
+        "--weights-dir", type=click.Path(file_okay=False), default=None,
+        envvar="AUTOSEG_WEIGHTS_DIR",
+        help="Folder of installed weights [env AUTOSEG_WEIGHTS_DIR; default: the user data "
+             "folder, see `autoseg weights path`].")(f)
+
+
+def _wdir(weights_dir: str | None) -> Path:
+    from .config import default_weights_dir
+
+    return Path(weights_dir) if weights_dir else default_weights_dir()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_HELP)
+def weights() -> None:
+    """Install and check model weights (MedSAM2, MedSAM, the nnU-Net detector).
+
+    Only files listed in the weights manifest can be installed; each is loaded strictly
+    before it is copied, and its sha256 is recorded. A file whose sha256 is not the known
+    one of a released checkpoint installs as "unverified" and is reported as an
+    untrained test checkpoint.
+
+    \b
+    Examples:
+      autoseg weights list
+      autoseg weights add ~/Downloads/MedSAM2_latest.pt
+      autoseg weights add my_random.pt --name MedSAM2_latest --weights-dir /tmp/w
+      autoseg weights verify
+      autoseg weights fetch MedSAM2_CTLesion
+    """
+
+
+@weights.command("list", epilog=EXIT_HELP)
+@_weights_dir_option
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+@_handled
+def list_cmd(weights_dir: str | None, as_json: bool) -> None:
+    """List the known weights and whether each is installed.
+
+    \b
+    Example:
+      autoseg weights list --json
+    """
+    from .weights import list_weights
+
+    rows = list_weights(_wdir(weights_dir))
+    if as_json:
+        click.echo(json.dumps([dict(r.__dict__, state=r.state) for r in rows], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"weights in {_wdir(weights_dir)}")
+    for col in ("name", "state", "file", "architecture", "sha256"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r.name, r.state, r.file, r.architecture, r.sha256[:16])
+    Console().print(t)
+
+
+@weights.command("add", epilog=EXIT_HELP)
+@click.argument("file", type=click.Path())
+@click.option("--name", default=None,
+              help="Manifest name (default: guessed from the file name, e.g. "
+                   "MedSAM2_latest.pt -> MedSAM2_latest).")
+@_weights_dir_option
+@_handled
+def add_cmd(file: str, name: str | None, weights_dir: str | None) -> None:
+    """Check FILE (strict load, sha256) and copy it into the weights folder.
+
+    \b
+    Example:
+      autoseg weights add ~/Downloads/MedSAM2_CTLesion.pt
+    """
+    from .weights import add_weights
+
+    rec = add_weights(file, name, _wdir(weights_dir))
+    click.echo(f"{rec.name}: installed {_wdir(weights_dir) / rec.file}")
+    click.echo(f"  sha256 {rec.sha256}")
+    click.echo(f"  {rec.status}")
+
+
+@weights.command("verify", epilog=EXIT_HELP)
+@_weights_dir_option
+@click.option("--quick", is_flag=True, help="Only hashes; skip the strict load.")
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+@_handled
+def verify_cmd(weights_dir: str | None, quick: bool, as_json: bool) -> None:
+    """Recheck every installed file (sha256 and strict load). Exits 69 or 78 on a problem.
+
+    \b
+    Example:
+      autoseg weights verify
+    """
+    from .weights import verify
+
+    res = verify(_wdir(weights_dir), deep=not quick)
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in res], indent=2))
+    else:
+        if not res:
+            click.echo(f"no weights installed in {_wdir(weights_dir)}")
+        for r in res:
+            state = ("ok, verified release" if r.known else "ok, unverified") if r.ok \
+                else f"PROBLEM: {r.problem}"
+            click.echo(f"{r.name}: {state}")
+    bad = [r for r in res if not r.ok]
+    if bad:
+        msg = "; ".join(f"{r.name}: {r.problem}" for r in bad)
+        if any(r.exit_code == 69 for r in bad):
+            raise UnavailableError(msg)
+        raise ConfigError(msg)
+
+
+@weights.command("path", epilog=EXIT_HELP)
+@click.argument("name", required=False)
+@_weights_dir_option
+@_handled
+def path_cmd(name: str | None, weights_dir: str | None) -> None:
+    """Print the weights folder, or the path of the installed NAME.
+
+    \b
+    Examples:
+      autoseg weights path
+      autoseg weights path MedSAM2_latest
+    """
+    from .weights import installed_path, load_manifest
+
+    wdir = _wdir(weights_dir)
+    if name is None:
+        click.echo(str(wdir))
+        return
+    manifest = load_manifest()
+    if name not in manifest:
+        raise ConfigError(f"Argument 'name' must be one of {', '.join(manifest)}; got {name!r}")
+    p = installed_path(name, wdir)
+    if p is None:
+        raise UnavailableError(f"{name} is not installed in {wdir}: `autoseg weights fetch "
+                               f"{name}` or `autoseg weights add FILE --name {name}`")
+    click.echo(str(p))
+
+
+@weights.command("fetch", epilog=EXIT_HELP)
+@click.argument("name")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds to wait for the server before giving up.")
+@_weights_dir_option
+@_handled
+def fetch_cmd(name: str, timeout: float, weights_dir: str | None) -> None:
+    """Download NAME from the manifest's source, check it and install it.
+
+    \b
+    Example:
+      autoseg weights fetch MedSAM2_latest
+    """
+    from .weights import fetch
+
+    rec = fetch(name, _wdir(weights_dir), timeout=timeout)
+    click.echo(f"{rec.name}: installed {_wdir(weights_dir) / rec.file} ({rec.status})")
