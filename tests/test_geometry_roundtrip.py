@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,7 @@ from autoprompt_seg.export.writer import write_outputs
 from autoprompt_seg.io.dicom import load_study
 from autoprompt_seg.synthetic import oblique_direction, synthetic_study
 from autoprompt_seg.types import BackendInfo, Box3D, LesionMask, Prediction, Volume
+from conftest import tool
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +40,7 @@ SEGMENTER = BackendInfo(name="truth", kind="segmenter", version="test")
 
 
 # --------------------------------------------------------------------------- helpers
-def tool_path(name: str) -> str:
-    """Path of a command-line tool (PATH, then the venv's bin); skip outside CI if absent."""
-    path = shutil.which(name)
-    if path is None:
-        venv_bin = Path(sys.executable).parent / name
-        if venv_bin.exists():
-            return str(venv_bin)
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed; CI must install it")
-        pytest.skip(f"{name} is not installed (dicom3tools / dcmqi); CI installs it")
-    return path
+tool_path = tool  # PATH, then the venv's bin; skip outside CI, fail in CI
 
 
 def dciodvfy_messages(path: Path) -> tuple[list[str], list[str]]:

@@ -33,6 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..io.dicom import SUPPORTED_TRANSFER_SYNTAXES
 from .config import ListenConfig
 from .queue import JobQueue
 from .spool import Spool, SpoolFullError, UnsafeUIDError, safe_uid
@@ -44,23 +45,11 @@ ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_CLASSES = (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE)
 
-#: Uncompressed first (what most senders prefer), then the compressed syntaxes the
-#: loader decodes (see autoprompt_seg.io.dicom.SUPPORTED_TRANSFER_SYNTAXES).
-TRANSFER_SYNTAXES = (
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still seen)
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-)
+#: Uncompressed first (what most senders prefer), then every compressed syntax the loader
+#: decodes (one list: autoprompt_seg.io.dicom.SUPPORTED_TRANSFER_SYNTAXES).
+_UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
+TRANSFER_SYNTAXES = _UNCOMPRESSED + tuple(
+    sorted(set(SUPPORTED_TRANSFER_SYNTAXES) - set(_UNCOMPRESSED)))
 
 OK = 0x0000
 SOP_CLASS_NOT_SUPPORTED = 0x0122
