@@ -11,7 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     AUTOSEG_CACHE_DIR=/cache
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends dcmtk=3.6.* dicom3tools \
+ && apt-get install -y --no-install-recommends dcmtk=3.6.7-9~deb12u4 dicom3tools=1.00~20220618093127-2 \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/autoprompt_seg
@@ -25,10 +25,10 @@ RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 \
 RUN useradd --create-home --uid 10001 autoseg \
  && mkdir -p /weights /cache /out /spool \
  && chown autoseg /cache /out /spool
-USER autoseg
+USER 10001
 VOLUME ["/weights", "/cache", "/spool"]
 # `autoseg listen` (docs/deploy.md): a DICOM node on 11112, checked by C-ECHO
 EXPOSE 11112
-HEALTHCHECK --interval=30s --timeout=10s CMD echoscu -to 5 -aec AUTOSEG 127.0.0.1 11112 || exit 1
+HEALTHCHECK --interval=30s --timeout=10s CMD ["echoscu", "-to", "5", "-aec", "AUTOSEG", "127.0.0.1", "11112"]
 ENTRYPOINT ["autoseg"]
 CMD ["--help"]

@@ -34,6 +34,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
 
 bench: install
 	$(PY) scripts/bench_predict.py
