@@ -44,7 +44,7 @@ def test_backends_lists_states_without_importing_torch():
     assert by_name[("segmenter", "classical")]["state"] == "ready"
 
 
-@pytest.mark.parametrize("cmd", ["predict", "inspect", "backends", "demo", "listen", "queue", "detector", "weights"])
+@pytest.mark.parametrize("cmd", ["predict", "inspect", "backends", "demo", "listen", "queue", "detector", "weights", "bench"])
 def test_every_command_has_help_with_an_example(cmd):
     r = invoke(cmd, "--help")
     assert r.exit_code == 0

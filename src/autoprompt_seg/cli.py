@@ -393,6 +393,7 @@ def demo(ctx: Ctx, synthetic: bool, patient: str, seed: int, **kw: Any) -> None:
     _run_predict(ctx, study, **kw)
 
 
+from .cli_bench import bench as bench_group  # noqa: E402
 from .cli_detector import detector as detector_group  # noqa: E402
 from .cli_listen import register as _register_listen  # noqa: E402
 from .cli_weights import weights as weights_group  # noqa: E402
@@ -402,7 +403,10 @@ for _cmd in detector_group.commands.values():
     _cmd.callback = handle_errors(_cmd.callback)  # type: ignore[arg-type,type-var]
 main.add_command(detector_group)
 main.add_command(weights_group)
-for _name in ("listen", "queue", "detector", "weights"):
+for _cmd in bench_group.commands.values():
+    _cmd.callback = handle_errors(_cmd.callback)  # type: ignore[arg-type,type-var]
+main.add_command(bench_group)
+for _name in ("listen", "queue", "detector", "weights", "bench"):
     main.commands[_name].epilog = (main.commands[_name].epilog or "") + "\n\n" + EXIT_HELP
 
 

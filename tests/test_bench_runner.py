@@ -1,0 +1,247 @@
+"""End-to-end bench runs on small synthetic datasets: results, bad cases, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from autoprompt_seg.bench import datasets as ds
+from autoprompt_seg.bench.metrics import case_metrics
+from autoprompt_seg.bench.runner import CASES_FILE, BenchConfig, read_rows, run_bench
+from autoprompt_seg.config import Settings
+from autoprompt_seg.errors import ConfigError
+from autoprompt_seg.synthetic import synthetic_chest
+from autoprompt_seg.types import Volume
+
+SHAPE = (24, 96, 96)
+SPACING = (2.5, 1.5, 1.5)
+
+
+def _write(vol: Volume, arr: np.ndarray, path: Path) -> None:
+    import SimpleITK as sitk
+
+    from autoprompt_seg.io.image import volume_to_sitk
+
+    sitk.WriteImage(volume_to_sitk(vol, arr), str(path))
+
+
+def make_pairs(root: Path) -> Path:
+    """images/ + labels/: two good cases, plus a missing label, a geometry mismatch and an
+    empty label."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i, name in enumerate(["P01__a", "P02__a", "P03__nolabel", "P04__shifted",
+                              "P05__empty"]):
+        chest = synthetic_chest(SHAPE, SPACING, n_tumours=1, seed=i,
+                                tumour_radius_mm=(9.0,))
+        vol = Volume(array=chest.hu, spacing=SPACING, origin=(0.0, 0.0, 0.0),
+                     direction=np.eye(3), source_format="synthetic")
+        _write(vol, chest.hu, root / "images" / f"{name}_0000.nii.gz")
+        labels = (chest.labels > 0).astype(np.uint8)
+        if name.endswith("nolabel"):
+            continue
+        if name.endswith("empty"):
+            labels[:] = 0
+        lab_vol = vol
+        if name.endswith("shifted"):
+            lab_vol = Volume(array=chest.hu, spacing=SPACING, origin=(5.0, 0.0, 0.0),
+                             direction=np.eye(3), source_format="synthetic")
+        _write(lab_vol, labels, root / "labels" / f"{name}.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pairs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pairs(tmp_path_factory.mktemp("pairs"))
+
+
+def _cfg(root: Path, **kw: object) -> BenchConfig:
+    return BenchConfig(dataset="pairs", dataset_path=str(root), detector="oracle",
+                       segmenter="classical", **kw)  # type: ignore[arg-type]
+
+
+def test_end_to_end_reports_bad_cases_and_matches_saved_masks(pairs_root: Path,
+                                                                tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = run_bench(_cfg(pairs_root, jitter_shift=0.1, jitter_scale=0.1), out,
+                        settings=Settings())
+    rows = {r["case_id"]: r for r in read_rows(out / CASES_FILE)}
+    assert sorted(rows) == ["P01__a", "P02__a", "P03__nolabel", "P04__shifted", "P05__empty"]
+    assert rows["P03__nolabel"]["status"] == "skipped"
+    assert "missing" in rows["P03__nolabel"]["error"]
+    assert rows["P04__shifted"]["status"] == "skipped"
+    assert "origin" in rows["P04__shifted"]["error"]
+    assert rows["P05__empty"]["status"] == "skipped"
+    assert "empty" in rows["P05__empty"]["error"]
+    for cid in ("P01__a", "P02__a"):
+        r = rows[cid]
+        assert r["status"] == "ok" and r["mode"] == "manual:key-slice"
+        assert r["dice"] > 0.6, r
+        assert r["sensitivity"] == 1.0
+        assert r["peak_rss_mb"] > 0 and r["segment_s"] >= 0
+        # the metrics recomputed from the saved mask match the row
+        saved = np.load(out / "masks" / r["config_hash"] / f"{cid}.npz")
+        case = next(c for c in ds.pairs_cases(pairs_root) if c.case_id == cid)
+        _, gt = ds.load_case(case)
+        again, _ = case_metrics(saved["pred"], gt, tuple(saved["spacing"]))
+        assert again["dice"] == pytest.approx(r["dice"], abs=1e-9)
+        assert again["hd95_mm"] == pytest.approx(r["hd95_mm"], abs=1e-9)
+    g = summary["groups"][0]
+    assert (g["n_ok"], g["n_skipped"], g["n_failed"]) == (2, 3, 0)
+    for f in ("cases.csv", "lesions.csv", "summary.json", "report.md"):
+        assert (out / f).is_file()
+    assert "classical+oracle" in (out / "report.md").read_text()
+
+
+def test_resume_skips_done_cases_and_finishes_an_interrupted_run(pairs_root: Path,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cfg = _cfg(pairs_root, cases=("P01__a", "P02__a"))
+    run_bench(cfg, out, settings=Settings())
+    lines = (out / CASES_FILE).read_text().splitlines()
+    assert len(lines) == 2
+    seen: list[tuple[str, bool]] = []
+    run_bench(cfg, out, settings=Settings(),
+              on_case=lambda i, n, r: seen.append((r["case_id"], bool(r.get("resumed")))))
+    assert seen == [("P01__a", True), ("P02__a", True)]
+    assert len((out / CASES_FILE).read_text().splitlines()) == 2
+    # simulate a crash during the second case: its row and a half-written line
+    (out / CASES_FILE).write_text(lines[0] + "\n" + lines[1][:20])
+    seen.clear()
+    run_bench(cfg, out, settings=Settings(),
+              on_case=lambda i, n, r: seen.append((r["case_id"], bool(r.get("resumed")))))
+    assert seen == [("P01__a", True), ("P02__a", False)]
+    ok = [r for r in read_rows(out / CASES_FILE) if r.get("status") == "ok"]
+    assert sorted(r["case_id"] for r in ok) == ["P01__a", "P02__a"]
+    # another configuration in the same folder is a separate group, not "done"
+    run_bench(_cfg(pairs_root, cases=("P01__a",), jitter_shift=0.2), out, settings=Settings())
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["groups"]) == 2
+
+
+def test_multi_box_protocol_is_refused_naming_the_backend(pairs_root: Path,
+                                                          tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="every-slice.*'classical'"):
+        run_bench(_cfg(pairs_root, protocol="every-slice"), tmp_path / "o", settings=Settings())
+
+
+def test_config_validation_names_argument_and_value() -> None:
+    with pytest.raises(ConfigError, match="dataset.*'bogus'"):
+        BenchConfig(dataset="bogus")
+    with pytest.raises(ConfigError, match="segmenter 'nope'"):
+        BenchConfig(segmenter="nope")
+    with pytest.raises(ConfigError, match="jitter_scale.*2"):
+        BenchConfig(detector="oracle", jitter_scale=2.0)
+    a = BenchConfig(detector="candidates")
+    assert a.config_hash() == BenchConfig(detector="candidates", jitter_shift=0.3).config_hash()
+    assert BenchConfig(detector="oracle").config_hash() != \
+        BenchConfig(detector="oracle", jitter_shift=0.3).config_hash()
+
+
+def test_patient_level_splits_are_seeded_and_saved(pairs_root: Path, tmp_path: Path) -> None:
+    cases = ds.pairs_cases(pairs_root)
+    extra = [ds.Case("P01__b", "P01", cases[0].load_volume, cases[0].load_label)]
+    s1 = ds.make_splits(cases + extra, seed=3, fractions=(0.6, 0.2, 0.2))
+    s2 = ds.make_splits(cases + extra, seed=3, fractions=(0.6, 0.2, 0.2))
+    assert s1 == s2
+    where = {cid: n for n, ids in s1["cases"].items() for cid in ids}
+    assert where["P01__a"] == where["P01__b"]
+    assert sum(len(v) for v in s1["patients"].values()) == 5
+    p = ds.save_splits(s1, tmp_path / "splits.json")
+    assert ds.load_splits(p) == s1
+    with pytest.raises(ConfigError, match="fractions"):
+        ds.make_splits(cases, fractions=(0.5, 0.2))
+
+
+def test_msd_layout_reads_dataset_json(pairs_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "Task06_Lung"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    src_img = pairs_root / "images" / "P01__a_0000.nii.gz"
+    (root / "imagesTr" / "lung_001.nii.gz").write_bytes(src_img.read_bytes())
+    (root / "labelsTr" / "lung_001.nii.gz").write_bytes(
+        (pairs_root / "labels" / "P01__a.nii.gz").read_bytes())
+    (root / "dataset.json").write_text(json.dumps({"training": [
+        {"image": "./imagesTr/lung_001.nii.gz", "label": "./labelsTr/lung_001.nii.gz"}]}))
+    cases = ds.get_cases("msd", root)
+    assert [c.case_id for c in cases] == ["lung_001"]
+    vol, gt = ds.load_case(cases[0])
+    assert gt.shape == vol.shape and gt.any()
+
+
+def test_cli_run_and_report(pairs_root: Path, tmp_path: Path) -> None:
+    from autoprompt_seg.cli_bench import bench
+
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(bench, ["run", "--dataset", "pairs", "--dataset-path",
+                                     str(pairs_root), "--detector", "oracle", "--case",
+                                     "P01__a", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "classical+oracle" in res.output and "Dice" in res.output
+    res = CliRunner().invoke(bench, ["report", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["groups"][0]["n_ok"] == 1
+    res = CliRunner().invoke(bench, ["run", "--detector", "oracle", "--prompt-protocol",
+                                     "every-k", "--dataset", "pairs", "--dataset-path",
+                                     str(pairs_root), "--out", str(out)])
+    assert res.exit_code == 78, res.output
+    assert "classical" in res.output
+
+
+def test_a_backend_failure_is_recorded_not_raised(pairs_root: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import autoprompt_seg.pipeline as pipeline
+    from autoprompt_seg.errors import BackendError
+
+    real = pipeline.run
+    calls = {"n": 0}
+
+    def flaky(volume, detector, segmenter, stage_progress=None):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise BackendError("segmenter 'classical' failed: boom")
+        return real(volume, detector, segmenter, stage_progress)
+
+    monkeypatch.setattr(pipeline, "run", flaky)
+    out = tmp_path / "out"
+    summary = run_bench(_cfg(pairs_root, cases=("P01__a", "P02__a")), out, settings=Settings())
+    rows = {r["case_id"]: r for r in read_rows(out / CASES_FILE)}
+    assert rows["P01__a"]["status"] == "failed" and "boom" in rows["P01__a"]["error"]
+    assert rows["P02__a"]["status"] == "ok"
+    assert summary["groups"][0]["n_failed"] == 1
+
+
+def test_nsclc_layout_on_the_real_pycerr_studies(pycerr_root: Path) -> None:
+    """pycerr's folder is the NSCLC-Radiomics layout: one folder per patient, CT + RTSTRUCT."""
+    cases = ds.get_cases("nsclc", pycerr_root)
+    assert [c.case_id for c in cases] == ["pat_1", "pat_2", "pat_3", "pat_4"]
+    vol, gt = ds.load_case(cases[3])
+    assert gt.shape == vol.shape and gt.sum() > 100
+    bad = [c for c in ds.get_cases("nsclc", pycerr_root, roi="NO-SUCH-ROI")][:1]
+    with pytest.raises(Exception, match="pat_1.*NO-SUCH-ROI"):
+        ds.load_case(bad[0])
+
+
+def test_cli_splits_then_run_one_split(pairs_root: Path, tmp_path: Path) -> None:
+    from autoprompt_seg.cli_bench import bench
+
+    sp = tmp_path / "splits.json"
+    res = CliRunner().invoke(bench, ["splits", "--dataset", "pairs", "--dataset-path",
+                                     str(pairs_root), "--fractions", "0.6,0.2,0.2",
+                                     "--seed", "1", "--out", str(sp)])
+    assert res.exit_code == 0, res.output
+    test_cases = json.loads(sp.read_text())["cases"]["test"]
+    assert len(test_cases) == 1
+    out = tmp_path / "o"
+    res = CliRunner().invoke(bench, ["run", "--dataset", "pairs", "--dataset-path",
+                                     str(pairs_root), "--detector", "oracle", "--splits",
+                                     str(sp), "--split", "test", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert [r["case_id"] for r in read_rows(out / CASES_FILE)] == test_cases
+    res = CliRunner().invoke(bench, ["run", "--dataset", "pairs", "--dataset-path",
+                                     str(pairs_root), "--splits", str(sp), "--out", str(out)])
+    assert res.exit_code == 78 and "--split" in res.output
