@@ -18,12 +18,12 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__, registry
-from .errors import EXIT_CODES, AutosegError, ConfigError
+from .cli_common import EXIT_HELP
+from .errors import AutosegError, ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("autoprompt_seg")
 
-EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {k:>3}  {v}" for k, v in EXIT_CODES.items())
 
 
 class Ctx:
@@ -399,15 +399,12 @@ from .cli_listen import register as _register_listen  # noqa: E402
 from .cli_weights import weights as weights_group  # noqa: E402
 
 _register_listen(main, handle_errors)
-for _cmd in detector_group.commands.values():
-    _cmd.callback = handle_errors(_cmd.callback)  # type: ignore[arg-type,type-var]
 main.add_command(detector_group)
 main.add_command(weights_group)
-for _cmd in bench_group.commands.values():
-    _cmd.callback = handle_errors(_cmd.callback)  # type: ignore[arg-type,type-var]
 main.add_command(bench_group)
-for _name in ("listen", "queue", "detector", "weights", "bench"):
-    main.commands[_name].epilog = (main.commands[_name].epilog or "") + "\n\n" + EXIT_HELP
+for _group in main.commands.values():
+    if "Exit codes" not in (_group.epilog or ""):
+        _group.epilog = ((_group.epilog or "") + "\n\n" + EXIT_HELP).strip()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,29 +11,15 @@ imported when a command runs (no import cycle with ``cli.py``).
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from .errors import EXIT_CODES
+from .cli_common import EXIT_HELP, handled
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {k:>3}  {v}" for k, v in EXIT_CODES.items())
-
-
-def _handled(f: F) -> F:
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .cli import handle_errors
-
-        return handle_errors(f)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+_handled = handled
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_HELP)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from .cli_common import EXIT_HELP, handled
+
 log = logging.getLogger(__name__)
 
 
@@ -24,7 +26,7 @@ def detector() -> None:
     """
 
 
-@detector.command("train")
+@detector.command("train", epilog=EXIT_HELP)
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Model folder to write (dataset.json, plans.json, fold_all/...).")
@@ -49,6 +51,7 @@ def detector() -> None:
 @click.option("--weights-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Weights folder for --register (default: AUTOSEG_WEIGHTS_DIR or the user "
                    "data folder).")
+@handled
 def train(data: Path, out: Path, epochs: int, iterations: int, target_spacing: float,
           roi_name: str, device: str, threads: int, base_features: int, max_stages: int,
           work_dir: Path | None, register: bool, weights_dir: Path | None) -> None:

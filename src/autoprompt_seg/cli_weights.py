@@ -7,31 +7,15 @@ so that ``cli.py`` may import this module without a cycle).
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
-from .errors import EXIT_CODES, ConfigError, UnavailableError
+from .cli_common import EXIT_HELP, F, handled
+from .errors import ConfigError, UnavailableError
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {k:>3}  {v}" for k, v in EXIT_CODES.items())
-
-
-def _handled(f: F) -> F:
-    """Apply ``cli.handle_errors`` at call time (no import cycle with cli.py)."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .cli import handle_errors
-
-        return handle_errors(f)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+_handled = handled
 
 
 def _weights_dir_option(f: F) -> F:
