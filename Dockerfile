@@ -31,4 +31,4 @@ VOLUME ["/weights", "/cache", "/spool"]
 EXPOSE 11112
 HEALTHCHECK --interval=30s --timeout=10s CMD ["echoscu", "-to", "5", "-aec", "AUTOSEG", "127.0.0.1", "11112"]
 ENTRYPOINT ["autoseg"]
-CMD ["--help"]
+CMD ["listen", "--spool", "/spool", "--port", "11112"]
