@@ -168,6 +168,9 @@ def backend_options(f: F) -> F:
         click.option("--detector-model", type=click.Path(file_okay=False), default=None,
                      help="nnU-Net v2 model folder for --detector nnunet / --segmenter nnunet "
                           "(default: the installed nnunet_lung_detector weights)."),
+        click.option("--tta", is_flag=True,
+                     help="nnU-Net mirroring test-time augmentation (8x slower; off by "
+                          "default)."),
         click.option("--checkpoint", "medsam2_checkpoint", default=None,
                      help="MedSAM2 checkpoint for --segmenter medsam2: a weights name from "
                           "`autoseg weights list` or a file (default MedSAM2_latest)."),
@@ -186,7 +189,7 @@ def backend_options(f: F) -> F:
 
 def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, device: str,
                  threads: int, prompts: str | None, prompts_from: str | None, roi_name: str,
-                 detector_model: str | None, medsam2_checkpoint: str | None, weights_dir: str | None, out_dir: str, as_json: bool,
+                 detector_model: str | None, tta: bool, medsam2_checkpoint: str | None, weights_dir: str | None, out_dir: str, as_json: bool,
                  series: str | None = None) -> None:
     from .predict import predict_path
 
@@ -199,8 +202,13 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
         detector = "oracle"
     detector = detector or registry.DEFAULT_DETECTOR
     options: dict[str, Any] = {"roi_name": roi_name}
+    nnunet_opts: dict[str, Any] = {}
     if detector_model:
-        options["nnunet"] = {"model_dir": detector_model}
+        nnunet_opts["model_dir"] = detector_model
+    if tta:
+        nnunet_opts["tta"] = True
+    if nnunet_opts:
+        options["nnunet"] = nnunet_opts
     if medsam2_checkpoint:
         options["medsam2_checkpoint"] = medsam2_checkpoint
     if prompts:
