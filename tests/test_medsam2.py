@@ -181,13 +181,9 @@ torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="session")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seeded random checkpoint in MedSAM2's format, once per session."""
-    torch.manual_seed(0)
-    model = M.build_model("cpu")
-    p = tmp_path_factory.mktemp("medsam2") / "random_medsam2.pt"
-    torch.save({"model": model.state_dict()}, p)
-    return p
+def ckpt(medsam2_checkpoint: Path) -> Path:
+    """The session's seeded random checkpoint in MedSAM2's format (tests/conftest.py)."""
+    return medsam2_checkpoint
 
 
 @pytest.fixture(scope="session")

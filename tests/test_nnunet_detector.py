@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -299,7 +300,10 @@ def test_segmenter_returns_components_overlapping_each_box(random_model, tmp_pat
     assert masks[1].is_empty
 
 
-def test_predict_path_end_to_end_with_test_weights(random_model, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_predict_path_end_to_end_with_test_weights(random_model, medsam2_checkpoint, tmp_path,
+                                                   monkeypatch):
+    """`--detector nnunet --segmenter medsam2` end to end, with test weights for both."""
     from autoprompt_seg import registry
     from autoprompt_seg.predict import predict_path
     from autoprompt_seg.synthetic import synthetic_study
@@ -307,15 +311,18 @@ def test_predict_path_end_to_end_with_test_weights(random_model, tmp_path, monke
     register_backends(monkeypatch)
     study = synthetic_study(tmp_path / "study", shape=(24, 48, 48), spacing=TINY_SPACING,
                             n_tumours=2, seed=4, tumour_radius_mm=[12, 10])
-    segmenter = "medsam2" if "medsam2" in registry.names("segmenter") else "classical"
+    assert "medsam2" in registry.names("segmenter")
     settings = _settings(random_model, tmp_path, threshold=0.5, min_volume_ml=0.05)
-    if segmenter == "medsam2":
-        pytest.skip("medsam2 test weights are set up by tests/test_medsam2.py; the "
-                    "classical segmenter is used here")
+    settings = settings.with_(options={**settings.options,
+                                       "medsam2_checkpoint": str(medsam2_checkpoint)})
     res = predict_path(study.study_dir, tmp_path / "out", detector="nnunet",
-                       segmenter=segmenter, settings=settings)
-    det = res.prediction.detector
+                       segmenter="medsam2", settings=settings)
+    det, seg = res.prediction.detector, res.prediction.segmenter
     assert det.name == "nnunet" and det.trained is False
+    assert seg.name == "medsam2" and seg.trained is False
+    report = json.loads(Path(res.outputs["report"]).read_text())
+    assert report["backends"]["segmenter"]["checkpoint_status"] == "untrained test checkpoint"
+    assert len(res.prediction.lesions) >= 1  # the random detector does propose boxes
     assert res.outputs and all(Path(p).exists() for p in res.outputs.values())
     for les in res.prediction.lesions:
         assert les.box.source == "nnunet"
