@@ -245,3 +245,35 @@ def test_cli_splits_then_run_one_split(pairs_root: Path, tmp_path: Path) -> None
     res = CliRunner().invoke(bench, ["run", "--dataset", "pairs", "--dataset-path",
                                      str(pairs_root), "--splits", str(sp), "--out", str(out)])
     assert res.exit_code == 78 and "--split" in res.output
+
+
+def test_dicom_seg_ground_truth_in_the_nsclc_layout(tmp_path: Path) -> None:
+    """A patient folder with a CT series and a DICOM-SEG (no RTSTRUCT): the SEG is the label,
+    the segment named like the ROI if there is one, voxel for voxel."""
+    from autoprompt_seg.export.dicom_seg import build_seg
+    from autoprompt_seg.io.dicom import load_study
+    from autoprompt_seg.synthetic import synthetic_study
+    from autoprompt_seg.types import BackendInfo, Box3D, LesionMask, Prediction
+
+    study = synthetic_study(tmp_path / "root" / "P001", shape=(16, 64, 64), n_tumours=2, seed=2,
+                            tumour_radius_mm=(8.0, 6.0), shuffle_names=True, suffix="")
+    vol, _ = load_study(study.study_dir)
+    truth = study.chest.labels
+    lesions = []
+    for t in (1, 2):
+        nz = np.argwhere(truth == t)
+        lo, hi = nz.min(0), nz.max(0) + 1
+        box = Box3D(int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1]), int(lo[2]), int(hi[2]),
+                    key_slice=int(lo[0]))
+        lesions.append(LesionMask.from_full(truth == t, box))
+    pred = Prediction(volume=vol, lesions=tuple(lesions),
+                      detector=BackendInfo(name="gt", kind="detector", version="t"),
+                      segmenter=BackendInfo(name="gt", kind="segmenter", version="t"))
+    build_seg(pred).save_as(study.study_dir / "gt_seg.dcm")
+
+    (case,) = ds.get_cases("nsclc", tmp_path / "root")
+    volume, mask = ds.load_case(case)
+    assert np.array_equal(mask, truth > 0)
+    (case2,) = ds.get_cases("nsclc", tmp_path / "root", roi="Lung tumour 2")
+    _, mask2 = ds.load_case(case2)
+    assert np.array_equal(mask2, truth == 2)

@@ -199,14 +199,47 @@ def _dicom_loader(folder: Path) -> Callable[[], Volume]:
     return load
 
 
+def find_seg(folder: Path) -> Path | None:
+    """The first DICOM-SEG (Modality SEG) file under ``folder``, in sorted order."""
+    import pydicom
+
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+        except Exception:  # noqa: BLE001 - not DICOM: skip
+            continue
+        if str(ds.get("Modality", "")) == "SEG":
+            return path
+    return None
+
+
+def _seg_mask(seg_path: Path, volume: Volume, roi: str) -> Mask:
+    """Ground truth from a DICOM-SEG: the segment labelled ``roi`` if there is one, else the
+    union of all segments."""
+    import pydicom
+
+    from ..export.dicom_seg import read_seg_labels
+
+    labels = read_seg_labels(seg_path, volume)
+    ds = pydicom.dcmread(seg_path, stop_before_pixels=True)
+    numbers = [int(item.SegmentNumber) for item in ds.get("SegmentSequence", [])
+               if str(item.get("SegmentLabel", "")) == roi]
+    return np.isin(labels, numbers) if numbers else labels > 0
+
+
 def _rtstruct_loader(folder: Path, roi: str) -> Callable[[Volume], Mask]:
+    """Ground truth of a DICOM study folder: its RTSTRUCT ROI ``roi``, else its DICOM-SEG."""
+
     def load(volume: Volume) -> Mask:
         from ..io.rtstruct import find_rtstruct, load_roi_mask
 
         rs = find_rtstruct(folder)
-        if rs is None:
-            raise InputError(f"{folder}: no RTSTRUCT (missing label)")
-        return load_roi_mask(rs, volume, roi)
+        if rs is not None:
+            return load_roi_mask(rs, volume, roi)
+        seg = find_seg(folder)
+        if seg is not None:
+            return _seg_mask(seg, volume, roi)
+        raise InputError(f"{folder}: no RTSTRUCT or DICOM-SEG ground truth (missing label)")
 
     return load
 
