@@ -358,7 +358,7 @@ def _worker(job_path: Path) -> None:
     t = float(job["target_spacing_mm"])
     planner = planner_cls(DATASET_ID, plans_name=PLANS_NAME, overwrite_target_spacing=[t, t, t])
     plans = planner.plan_experiment()
-    print("PLANS", json.dumps(plans["configurations"][CONFIGURATION]), flush=True)
+    log.info("plans: %s", json.dumps(plans["configurations"][CONFIGURATION]))
     preprocess_dataset(DATASET_ID, PLANS_NAME, (CONFIGURATION,), (nproc,), verbose=False,
                        show_progress_bar=False)
     pre = Path(os.environ["nnUNet_preprocessed"]) / DATASET_NAME
@@ -372,7 +372,7 @@ def _worker(job_path: Path) -> None:
     trainer = trainer_cls(plans=plans, configuration=CONFIGURATION, fold=FOLD,
                           dataset_json=dataset_json, device=torch.device(job["device"]))
     trainer.run_training()
-    print("TRAINED", trainer.output_folder, flush=True)
+    log.info("trained: %s", trainer.output_folder)
 
 
 # -------------------------------------------------------------------------- the recipe
@@ -593,6 +593,8 @@ def random_model_folder(out: Path, plans: dict[str, Any], configuration: str,
 
 
 def _main(argv: list[str]) -> int:
+    """Entry point of the training subprocess; its output goes to the training log file."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if len(argv) == 2 and argv[0] == "--plan":
         _plan_worker(Path(argv[1]))
         return 0
@@ -608,4 +610,4 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    raise SystemExit(_main(sys.argv[1:]))

@@ -334,6 +334,14 @@ class JobQueue:
             return None
         return r
 
+    @staticmethod
+    def _reopen(db: Any, job: Job, now: float, reason: str) -> str:
+        """New instances arrived while ``job`` ran: back to ``receiving`` as a new revision."""
+        db.execute("UPDATE jobs SET state='receiving', revision=revision+1, dirty=0, "
+                   "attempts=0, worker=NULL, updated=?, last_received=?, reason=? WHERE id=?",
+                   (now, now, reason, job.id))
+        return "receiving"
+
     def finish(self, job: Job, *, lesions: int, outbox: str | None, seg_uid: str | None,
                dests: Iterable[str], now: float | None = None) -> str:
         """A worker finished ``job``: ``sending`` (a SEG to deliver), ``done`` (no tumour)
@@ -346,11 +354,8 @@ class JobQueue:
             if r is None:
                 return "dropped"
             if r["dirty"]:
-                db.execute("UPDATE jobs SET state='receiving', revision=revision+1, dirty=0, "
-                           "attempts=0, worker=NULL, updated=?, last_received=?, reason="
-                           "'new instances arrived while processing: study reprocessed' "
-                           "WHERE id=?", (now, now, job.id))
-                return "receiving"
+                return self._reopen(db, job, now, "new instances arrived while processing: "
+                                    "study reprocessed")
             if outbox is None or not dests:
                 reason = ("no tumour found: nothing to send" if outbox is None
                           else "SEG kept in the outbox: no destination configured")
@@ -377,11 +382,8 @@ class JobQueue:
             if r is None:
                 return "dropped"
             if r["dirty"]:
-                db.execute("UPDATE jobs SET state='receiving', revision=revision+1, dirty=0, "
-                           "attempts=0, worker=NULL, updated=?, last_received=?, reason=? "
-                           "WHERE id=?", (now, now, f"reprocessing after new instances; "
-                                          f"last error: {reason}", job.id))
-                return "receiving"
+                return self._reopen(db, job, now, f"reprocessing after new instances; "
+                                    f"last error: {reason}")
             if retry_in is None:
                 db.execute("UPDATE jobs SET state='failed', worker=NULL, finished=?, updated=?,"
                            " reason=? WHERE id=?", (now, now, reason, job.id))
