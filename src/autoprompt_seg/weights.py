@@ -83,6 +83,32 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+TRAINING_RECORD_SUFFIX = ".train.json"
+
+
+def training_record(checkpoint: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The record ``autoseg`` training wrote beside ``checkpoint`` (``<file>.train.json``),
+    when its ``sha256`` matches the file; else None.
+
+    A checkpoint with such a record was trained here (by :mod:`autoprompt_seg.train`), so
+    backends report it as trained, with the record's paradigm, cases and epochs as
+    provenance, and never as a published release.
+    """
+    p = Path(checkpoint)
+    side = p.with_name(p.name + TRAINING_RECORD_SUFFIX)
+    if not (p.is_file() and side.is_file()):
+        return None
+    try:
+        rec = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("%s: unreadable training record (%s); ignored", side, e)
+        return None
+    if not isinstance(rec, dict) or rec.get("sha256") != sha256_file(p):
+        log.warning("%s: its sha256 does not match %s; the record is ignored", side, p.name)
+        return None
+    return rec
+
+
 def sha256_path(path: Path) -> str:
     """sha256 of a file, or of a folder (its sorted relative paths and file hashes)."""
     path = Path(path)
