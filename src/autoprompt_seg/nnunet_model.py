@@ -545,7 +545,13 @@ def load_model(settings: Settings, opts: NnunetOptions | None = None) -> NnunetM
     folder_sha = sha256_path(folder.path)
     entry = load_manifest().get(WEIGHTS_NAME)
     known = {entry.sha256.lower()} - {""} if entry is not None else set()
-    trained = bool(known & {ck_sha, folder_sha})
+    from .weights import training_record
+
+    record = training_record(folder.path)
+    trained = bool(known & {ck_sha, folder_sha}) or record is not None
+    if record is not None:
+        log.info("nnU-Net model %s was trained here (%s case(s), %s epoch(s))", folder.path,
+                 record.get("n_cases"), record.get("epochs"))
     if not trained:
         log.warning("nnU-Net model %s is not a known trained release (sha256 %s): reported "
                     "as an %s", folder.path, ck_sha[:12], UNTRAINED)

@@ -6,14 +6,43 @@ import logging
 import time
 from collections.abc import Callable
 
-from .backends import Detector, ProgressFn, Segmenter
-from .errors import AutosegError, BackendError
-from .types import Prediction, Volume
+from .backends import Detector, ProgressFn, Segmenter, is_promptable
+from .errors import AutosegError, BackendError, ConfigError
+from .types import Box3D, LesionMask, Prediction, Volume
 
 log = logging.getLogger(__name__)
 
 #: ``stage_progress(stage_name, total) -> ProgressFn`` creates a progress callback per stage.
 StageProgress = Callable[[str, int], ProgressFn | None]
+
+
+#: The detector name that means "no prompt" (:mod:`autoprompt_seg.detect.none`).
+NO_PROMPT_DETECTOR = "none"
+
+
+def split_components(lesion: LesionMask) -> list[LesionMask]:
+    """One :class:`LesionMask` per 26-connected component of ``lesion``, each with its own
+    bounding box as the box (key slice = its largest slice), largest first."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    if lesion.is_empty:
+        return []
+    lab, n = ndi.label(lesion.mask, structure=np.ones((3, 3, 3), dtype=bool))
+    out = []
+    oz, oy, ox = lesion.offset
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        comp = lab[sl] == i
+        key = int(np.argmax(comp.sum(axis=(1, 2))))
+        z0, y0, x0 = oz + sl[0].start, oy + sl[1].start, ox + sl[2].start
+        box = Box3D(z0=z0, z1=oz + sl[0].stop, y0=y0, y1=oy + sl[1].stop, x0=x0,
+                    x1=ox + sl[2].stop, key_slice=z0 + key, score=lesion.score,
+                    source=lesion.box.source)
+        out.append(LesionMask(comp, (z0, y0, x0), lesion.volume_shape, box, lesion.score))
+    out.sort(key=lambda m: -m.voxel_count)
+    return out
 
 
 def run(volume: Volume, detector: Detector, segmenter: Segmenter,
@@ -26,6 +55,11 @@ def run(volume: Volume, detector: Detector, segmenter: Segmenter,
     timings: dict[str, float] = {}
     warnings: list[str] = []
     det_info, seg_info = detector.info(), segmenter.info()
+    no_prompt = det_info.name == NO_PROMPT_DETECTOR
+    if no_prompt and is_promptable(segmenter):
+        raise ConfigError(f"--detector none gives no prompt; segmenter {seg_info.name!r} needs "
+                          "box prompts (use a detector, or a prompt-free segmenter: nnunet, "
+                          "unet, deeplabv3)")
 
     def prog(stage: str, total: int) -> ProgressFn | None:
         return stage_progress(stage, total) if stage_progress else None
@@ -57,6 +91,9 @@ def run(volume: Volume, detector: Detector, segmenter: Segmenter,
         if len(masks) != len(boxes):
             raise BackendError(f"segmenter {seg_info.name!r} returned {len(masks)} mask(s) "
                                f"for {len(boxes)} box(es)")
+        if no_prompt:
+            masks = [c for m in masks for c in split_components(m)]
+            boxes = [m.box for m in masks]
         for i, m in enumerate(masks):
             if m.is_empty:
                 warnings.append(f"box {i + 1} (key slice {boxes[i].key_slice}) gave an empty "

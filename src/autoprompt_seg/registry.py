@@ -74,6 +74,11 @@ BACKENDS: tuple[BackendSpec, ...] = (
         factory=".detect.nnunet:create", requires=("nnunetv2", "torch", "scipy"),
         weights=("nnunet_lung_detector",)),
     BackendSpec(
+        name="none", kind="detector",
+        summary="no prompt: one box covering the whole volume, for the prompt-free "
+                "segmenters (nnunet, unet, deeplabv3); their mask is split into lesions",
+        factory=".detect.none:create"),
+    BackendSpec(
         name="classical", kind="segmenter",
         summary="training-free: box-prompted region growing on the key slice, then slice "
                 "by slice in both directions until the tumour ends",

@@ -92,18 +92,19 @@ def training_record(checkpoint: str | os.PathLike[str]) -> dict[str, Any] | None
 
     A checkpoint with such a record was trained here (by :mod:`autoprompt_seg.train`), so
     backends report it as trained, with the record's paradigm, cases and epochs as
-    provenance, and never as a published release.
+    provenance, and never as a published release. ``checkpoint`` may be a folder (an
+    nnU-Net model folder; its :func:`sha256_path`).
     """
     p = Path(checkpoint)
     side = p.with_name(p.name + TRAINING_RECORD_SUFFIX)
-    if not (p.is_file() and side.is_file()):
+    if not (p.exists() and side.is_file()):
         return None
     try:
         rec = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         log.warning("%s: unreadable training record (%s); ignored", side, e)
         return None
-    if not isinstance(rec, dict) or rec.get("sha256") != sha256_file(p):
+    if not isinstance(rec, dict) or rec.get("sha256") != sha256_path(p):
         log.warning("%s: its sha256 does not match %s; the record is ignored", side, p.name)
         return None
     return rec

@@ -39,6 +39,9 @@ VERSION = "0.1.0"
 class NnunetSegmenter:
     """nnU-Net's mask, split into one lesion per box (module docstring)."""
 
+    #: segments the whole volume; a box only selects components (``--detector none`` ok)
+    promptable = False
+
     def __init__(self, settings: Settings) -> None:
         from ..nnunet_model import NnunetOptions, load_model
 

@@ -176,14 +176,14 @@ class RunDir:
     # ------------------------------------------------------------------ resume
     def finished(self) -> TrainResult | None:
         """The result of a completed run in this folder, if its checkpoint is intact."""
-        from ..weights import sha256_file
+        from ..weights import sha256_path
 
         done = self.path / DONE_FILE
         if not done.is_file():
             return None
         rec = json.loads(done.read_text(encoding="utf-8"))
         ck = self.path / rec["file"]
-        if not ck.is_file() or sha256_file(ck) != rec["sha256"]:
+        if not ck.exists() or sha256_path(ck) != rec["sha256"]:
             log.warning("%s: finished run's checkpoint is missing or changed; retraining",
                         self.path)
             return None
