@@ -99,6 +99,25 @@ BACKENDS += (
         weights=("nnunet_lung_detector",)),
 )
 
+BACKENDS += (
+    BackendSpec(
+        name="unet", kind="segmenter",
+        summary="2-D U-Net (MONAI), slice by slice at 512 px, no prompt: its mask components "
+                "(baseline of the paper; train it with a bench config)",
+        factory=".segment.unet2d:create", requires=("torch", "monai")),
+    BackendSpec(
+        name="deeplabv3", kind="segmenter",
+        summary="2-D DeepLabV3 ResNet-50/101 (torchvision), slice by slice at 512 px, no "
+                "prompt: its mask components (baseline of the paper)",
+        factory=".segment.deeplab:create", requires=("torch", "torchvision")),
+    BackendSpec(
+        name="medsam", kind="segmenter",
+        summary="2-D MedSAM (SAM ViT-B, segment-anything): one box per slice; a detector's "
+                "3-D box prompts every slice it spans",
+        factory=".segment.medsam:create", requires=("torch", "segment_anything"),
+        weights=("medsam_vit_b",)),
+)
+
 DEFAULT_DETECTOR = "candidates"
 DEFAULT_SEGMENTER = "classical"
 
