@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autoprompt_seg.bench.prompts import Jitter, case_seed, gt_prompts
+from autoprompt_seg.bench.prompts import Jitter, case_seed, fill_slice_boxes, gt_prompts
 from autoprompt_seg.errors import ConfigError
+from autoprompt_seg.types import Box3D
 
 
 def two_lesions() -> np.ndarray:
@@ -56,3 +57,39 @@ def test_bad_protocol_and_jitter_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="jitter_shift.*1.5"):
         Jitter(shift=1.5)
     assert case_seed(0, "a") != case_seed(0, "b") and case_seed(1, "a") == case_seed(1, "a")
+
+
+def _b(z: int, y0: int, y1: int, x0: int, x1: int) -> Box3D:
+    return Box3D(z0=z, z1=z + 1, y0=y0, y1=y1, x0=x0, x1=x1, key_slice=z, source="gt:every-k",
+                 from_person=True)
+
+
+def test_fill_slice_boxes_interpolates_linearly_between_drawn_slices() -> None:
+    a, b, c = _b(2, 10, 20, 30, 40), _b(6, 14, 28, 30, 41), _b(8, 14, 28, 30, 41)
+    out = fill_slice_boxes([c, a, b])  # any order in, sorted by slice out
+    assert [x.z0 for x in out] == [2, 3, 4, 5, 6, 7, 8]
+    assert out[0] is a and out[4] is b and out[6] is c  # drawn boxes unchanged
+    # z=3: t=1/4 -> y0 10+1=11, y1 20+2=22, x1 40.25 -> 40; z=4: t=1/2 -> x1 40.5 rounds up
+    assert [(x.y0, x.y1, x.x0, x.x1) for x in out[1:4]] == [(11, 22, 30, 40), (12, 24, 30, 41),
+                                                            (13, 26, 30, 41)]
+    assert (out[5].y0, out[5].y1, out[5].x1) == (14, 28, 41)  # between two equal boxes
+    for x in out[1:4]:
+        assert x.key_slice == x.z0 and x.z1 == x.z0 + 1 and x.from_person
+        assert x.source == "gt:every-k+interpolated"
+    assert fill_slice_boxes([]) == [] and fill_slice_boxes([a]) == [a]
+
+
+def test_fill_slice_boxes_keeps_thin_boxes_at_least_one_voxel_and_refuses_3d() -> None:
+    out = fill_slice_boxes([_b(0, 5, 6, 5, 6), _b(3, 7, 8, 9, 10)])
+    assert all(x.y1 - x.y0 >= 1 and x.x1 - x.x0 >= 1 for x in out)
+    with pytest.raises(ValueError, match="2-D boxes"):
+        fill_slice_boxes([Box3D(z0=0, z1=3, y0=0, y1=2, x0=0, x1=2, key_slice=1)])
+    with pytest.raises(ValueError, match="slice 4"):
+        fill_slice_boxes([_b(4, 0, 2, 0, 2), _b(4, 1, 3, 1, 3)])
+
+
+def test_every_k_filled_covers_the_drawn_range_of_each_lesion() -> None:
+    for lp in gt_prompts(two_lesions(), "every-k", k=3):
+        drawn = sorted(b.z0 for b in lp.slice_boxes)
+        filled = fill_slice_boxes(lp.slice_boxes)
+        assert [b.z0 for b in filled] == list(range(drawn[0], drawn[-1] + 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from autoprompt_seg.bench.runner import CASES_FILE, BenchConfig, read_rows, run_
 from autoprompt_seg.config import Settings
 from autoprompt_seg.errors import ConfigError
 from autoprompt_seg.synthetic import synthetic_chest
-from autoprompt_seg.types import Volume
+from autoprompt_seg.types import BackendInfo, Box3D, LesionMask, Volume
 
 SHAPE = (24, 96, 96)
 SPACING = (2.5, 1.5, 1.5)
@@ -90,11 +91,14 @@ def test_end_to_end_reports_bad_cases_and_matches_saved_masks(pairs_root: Path,
         again, _ = case_metrics(saved["pred"], gt, tuple(saved["spacing"]))
         assert again["dice"] == pytest.approx(r["dice"], abs=1e-9)
         assert again["hd95_mm"] == pytest.approx(r["hd95_mm"], abs=1e-9)
+        png = out / "overlays" / r["config_hash"] / f"{cid}.png"
+        assert png.read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.stem for p in (out / "overlays").glob("*/*.png")) == ["P01__a", "P02__a"]
     g = summary["groups"][0]
     assert (g["n_ok"], g["n_skipped"], g["n_failed"]) == (2, 3, 0)
-    for f in ("cases.csv", "lesions.csv", "summary.json", "report.md"):
+    for f in ("cases.csv", "lesions.csv", "summary.json", "summary.md", "report.html"):
         assert (out / f).is_file()
-    assert "classical+oracle" in (out / "report.md").read_text()
+    assert "classical+oracle" in (out / "summary.md").read_text()
 
 
 def test_resume_skips_done_cases_and_finishes_an_interrupted_run(pairs_root: Path,
@@ -277,3 +281,176 @@ def test_dicom_seg_ground_truth_in_the_nsclc_layout(tmp_path: Path) -> None:
     (case2,) = ds.get_cases("nsclc", tmp_path / "root", roi="Lung tumour 2")
     _, mask2 = ds.load_case(case2)
     assert np.array_equal(mask2, truth == 2)
+
+
+# --------------------------------------------------------------- training fields, modes
+
+
+def test_paradigm_fields_are_validated_hashed_and_written(pairs_root: Path,
+                                                         tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="paradigm.*'one-shot'"):
+        BenchConfig(paradigm="one-shot")
+    with pytest.raises(ConfigError, match="shots must be >= 1.*0"):
+        BenchConfig(paradigm="few-shot", train_hash="abc")
+    with pytest.raises(ConfigError, match="shots applies to.*few-shot only"):
+        BenchConfig(shots=3)
+    with pytest.raises(ConfigError, match="fine-tune needs train_hash"):
+        BenchConfig(paradigm="fine-tune")
+    with pytest.raises(ConfigError, match="cost-repeats.*0"):
+        BenchConfig(cost_repeats=0)
+    base = BenchConfig()
+    assert base.config_hash() == BenchConfig(measure_cost=False, cost_repeats=7).config_hash()
+    few = BenchConfig(paradigm="few-shot", shots=3, train_hash="abc", train_cases=3)
+    assert len({base.config_hash(), few.config_hash(),
+                BenchConfig(paradigm="few-shot", shots=5, train_hash="abc").config_hash(),
+                BenchConfig(paradigm="fine-tune", train_hash="abc").config_hash(),
+                BenchConfig(paradigm="fine-tune", train_hash="abd").config_hash()}) == 5
+
+    out = tmp_path / "out"
+    run_bench(_cfg(pairs_root, cases=("P01__a",), paradigm="few-shot", shots=2,
+                   train_hash="f00", train_cases=2, measure_cost=False), out,
+              settings=Settings())
+    run_bench(_cfg(pairs_root, cases=("P01__a",), measure_cost=False), out,
+              settings=Settings())
+    rows = read_rows(out / CASES_FILE)
+    assert [(r["paradigm"], r["shots"], r["train_cases"], r["train_hash"]) for r in rows] == \
+        [("few-shot", 2, 2, "f00"), ("zero-shot", None, None, None)]
+    assert rows[0]["method"] == "classical+oracle"
+    assert not (out / "costs.jsonl").exists()
+
+
+def test_training_fields_read_the_training_record(tmp_path: Path) -> None:
+    from autoprompt_seg.bench.runner import training_fields
+    from autoprompt_seg.weights import TRAINING_RECORD_SUFFIX, sha256_path
+
+    ck = tmp_path / "model.pt"
+    ck.write_bytes(b"weights")
+    with pytest.raises(ConfigError, match="model.pt.*no valid training record"):
+        training_fields(ck)
+    sha = sha256_path(ck)
+    (tmp_path / ("model.pt" + TRAINING_RECORD_SUFFIX)).write_text(
+        json.dumps({"sha256": sha, "n_cases": 4}))
+    assert training_fields(ck) == {"train_hash": sha[:12], "train_cases": 4}
+
+
+class _BoxSlices:
+    """A SliceSegmenter: each given 2-D box is segmented as the filled box (so the
+    prediction shows exactly which slices got a box); records what it was given."""
+
+    calls: list[list[list[Box3D]]] = []
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(name="boxslices", kind="segmenter", version="test")
+
+    def segment(self, volume: Volume, boxes: Sequence[Box3D],
+                progress: object = None) -> list[LesionMask]:
+        raise AssertionError("segment() must not be called for multi-box protocols")
+
+    def segment_slices(self, volume: Volume, lesion_slice_boxes: Sequence[Sequence[Box3D]],
+                       progress: object = None) -> list[LesionMask]:
+        _BoxSlices.calls.append([list(b) for b in lesion_slice_boxes])
+        out = []
+        for boxes in lesion_slice_boxes:
+            full = np.zeros(volume.shape, bool)
+            for b in boxes:
+                full[b.slices()] = True
+            out.append(LesionMask.from_full(full, boxes[0]))
+        return out
+
+
+class _Everything:
+    """A prompt-free segmenter: everything above -300 HU."""
+
+    promptable = False
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(name="everything", kind="segmenter", version="test")
+
+    def segment(self, volume: Volume, boxes: Sequence[Box3D],
+                progress: object = None) -> list[LesionMask]:
+        return [LesionMask.from_full(volume.array > -300, b) for b in boxes]
+
+
+def _make_box_slices(settings: Settings) -> _BoxSlices:
+    return _BoxSlices()
+
+
+def _make_everything(settings: Settings) -> _Everything:
+    return _Everything()
+
+
+@pytest.fixture()
+def fake_segmenters(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoprompt_seg import registry
+
+    specs = (registry.BackendSpec(name="boxslices", kind="segmenter", summary="test",
+                                  factory=f"{__name__}:_make_box_slices"),
+             registry.BackendSpec(name="everything", kind="segmenter", summary="test",
+                                  factory=f"{__name__}:_make_everything"))
+    monkeypatch.setattr(registry, "BACKENDS", registry.BACKENDS + specs)
+    _BoxSlices.calls = []
+
+
+@pytest.mark.parametrize("protocol,k", [("every-slice", 1), ("every-k", 2), ("every-k", 3)])
+def test_multi_box_protocols_go_to_segment_slices(pairs_root: Path, tmp_path: Path,
+                                                  fake_segmenters: None, protocol: str,
+                                                  k: int) -> None:
+    out = tmp_path / "out"
+    run_bench(BenchConfig(dataset="pairs", dataset_path=str(pairs_root), detector="oracle",
+                          segmenter="boxslices", protocol=protocol, k=k, cases=("P01__a",),
+                          measure_cost=False), out, settings=Settings())
+    (row,) = read_rows(out / CASES_FILE)
+    assert row["status"] == "ok" and row["mode"] == f"manual:{protocol}", row
+    case = ds.pairs_cases(pairs_root)[0]
+    _, gt = ds.load_case(case)
+    zs = np.nonzero(gt.any(axis=(1, 2)))[0]
+    (lesions,) = _BoxSlices.calls  # one case, one call, one lesion
+    (boxes,) = lesions
+    got = [b.z0 for b in boxes]
+    key = int(np.argmax(gt.sum(axis=(1, 2))))
+    drawn = [z for z in zs if (z - key) % k == 0]
+    assert got == list(range(drawn[0], drawn[-1] + 1))  # every slice between drawn ones
+    assert row["n_prompt_boxes"] == len(drawn) and row["n_slice_boxes"] == len(got)
+    # the mask is the union of those boxes: it covers the GT on every drawn slice, is
+    # present on the interpolated ones and absent elsewhere
+    saved = np.load(out / "masks" / row["config_hash"] / "P01__a.npz")["pred"]
+    for z in drawn:
+        assert saved[z][gt[z]].all()
+    assert [z for z in range(saved.shape[0]) if saved[z].any()] == got
+    if k == 1:
+        assert row["sensitivity"] == 1.0 and row["dice"] > 0.7
+
+
+def test_unprompted_mode_for_detector_none(pairs_root: Path, tmp_path: Path,
+                                           fake_segmenters: None) -> None:
+    cfg = BenchConfig(dataset="pairs", dataset_path=str(pairs_root), detector="none",
+                      segmenter="everything", cases=("P01__a",), measure_cost=False)
+    assert cfg.mode == "unprompted" and cfg.method == "everything+none"
+    assert cfg.config_hash() == BenchConfig(dataset="pairs", dataset_path=str(pairs_root),
+                                            detector="none", segmenter="everything",
+                                            protocol="every-k").config_hash()
+    out = tmp_path / "out"
+    run_bench(cfg, out, settings=Settings())
+    (row,) = read_rows(out / CASES_FILE)
+    assert row["status"] == "ok" and row["mode"] == "unprompted" and row["n_masks"] >= 1
+    with pytest.raises(ConfigError, match="detector none.*'classical'"):
+        run_bench(BenchConfig(dataset="pairs", dataset_path=str(pairs_root), detector="none",
+                              segmenter="classical"), tmp_path / "o2", settings=Settings())
+
+
+def test_cost_is_measured_once_per_configuration(pairs_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    stages: list[str] = []
+    cfg = _cfg(pairs_root, cases=("P03__nolabel", "P01__a", "P02__a"), cost_repeats=2)
+    run_bench(cfg, out, settings=Settings(), on_stage=stages.append)
+    (cost,) = read_rows(out / "costs.jsonl")
+    assert cost["config_hash"] == cfg.config_hash() and cost["case_id"] == "P01__a"
+    assert cost["params"] == 0 and cost["gflops"] is None and cost["cuda_peak_mb"] is None
+    assert len(cost["latency_runs"]) == 2 and cost["latency_warm_s"] > 0
+    assert cost["latency_warm_s"] == pytest.approx(float(np.median(cost["latency_runs"])))
+    assert "thread" in cost["device"] and cost["peak_rss_mb"] > 0
+    assert (cost["method"], cost["mode"], cost["paradigm"], cost["shots"]) == \
+        ("classical+oracle", "manual:key-slice", "zero-shot", None)
+    assert any("measuring cost on P01__a" in s for s in stages)
+    run_bench(cfg, out, settings=Settings())  # resumed: nothing to do, no second row
+    assert len(read_rows(out / "costs.jsonl")) == 1

@@ -404,12 +404,14 @@ def demo(ctx: Ctx, synthetic: bool, patient: str, seed: int, **kw: Any) -> None:
 from .cli_bench import bench as bench_group  # noqa: E402
 from .cli_detector import detector as detector_group  # noqa: E402
 from .cli_listen import register as _register_listen  # noqa: E402
+from .cli_train import train as train_command  # noqa: E402
 from .cli_weights import weights as weights_group  # noqa: E402
 
 _register_listen(main, handle_errors)
 main.add_command(detector_group)
 main.add_command(weights_group)
 main.add_command(bench_group)
+main.add_command(train_command)
 for _group in main.commands.values():
     if "Exit codes" not in (_group.epilog or ""):
         _group.epilog = ((_group.epilog or "") + "\n\n" + EXIT_HELP).strip()

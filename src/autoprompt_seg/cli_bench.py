@@ -12,6 +12,8 @@ imported when a command runs (no import cycle with ``cli.py``).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,15 @@ def bench() -> None:
     """
 
 
+#: ``bench run`` options that describe one method; with CONFIG.toml they come from the file.
+_METHOD_OPTIONS = ("dataset", "dataset_path", "roi", "detector", "segmenter",
+                   "prompt_protocol", "k", "jitter_shift", "jitter_scale", "seed",
+                   "match_dice", "cases", "splits_file", "split_name", "checkpoint", "no_masks",
+                   "no_cost", "cost_repeats")
+
+
 @bench.command("run", epilog=EXIT_HELP)
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--dataset", default="pycerr", show_default=True,
               type=click.Choice(["pycerr", "nsclc", "msd", "pairs"]),
               help="Dataset layout (see docs/bench.md).")
@@ -46,8 +56,11 @@ def bench() -> None:
 @click.option("--roi", default="GTV-1", show_default=True,
               help="RTSTRUCT ROI holding the tumour (pycerr, nsclc).")
 @click.option("--detector", default="candidates", show_default=True,
-              help="Detector name; 'oracle' = manual prompts simulated from the GT.")
+              help="Detector name; 'oracle' = manual prompts simulated from the GT; 'none' "
+                   "= no prompt (prompt-free segmenters).")
 @click.option("--segmenter", default="classical", show_default=True, help="Segmenter name.")
+@click.option("--checkpoint", default=None,
+              help="Weights of the segmenter: a weights name or a file (folder for nnunet).")
 @click.option("--prompt-protocol", default="key-slice", show_default=True,
               type=click.Choice(["key-slice", "every-k", "every-slice"]),
               help="Manual prompt protocol (with --detector oracle).")
@@ -68,27 +81,85 @@ def bench() -> None:
 @click.option("--split", "split_name", default=None,
               help="Evaluate only the cases of this split (e.g. test) of --splits.")
 @click.option("--no-masks", is_flag=True, help="Do not save predicted masks.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Results folder; rerunning continues where a run stopped.")
+@click.option("--no-cost", is_flag=True,
+              help="Skip the cost measurement (parameters, GFLOPs, warm latency).")
+@click.option("--cost-repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed warm runs of the cost measurement (median reported).")
+@click.option("--no-overlays", is_flag=True, help="Do not draw per-case overlay PNGs.")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default=None,
+              help="Where cases run: in this process (local, the default) or as Dask tasks.")
+@click.option("--scheduler", default=None,
+              help="Dask scheduler address (default: a LocalCluster of --workers workers).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="LocalCluster worker processes for --executor dask (default 2).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="Where neural backends run (default auto, or the CONFIG's device).")
+@click.option("--threads", type=click.IntRange(min=0), default=None,
+              help="CPU threads for neural backends (0 = library default).")
+@click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
+              envvar="AUTOSEG_WEIGHTS_DIR",
+              help="Folder of installed weights [env AUTOSEG_WEIGHTS_DIR].")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Results folder (required without CONFIG); rerunning continues where a "
+                   "run stopped.")
+@click.pass_context
 @_handled
-def run_cmd(dataset: str, dataset_path: str | None, roi: str, detector: str, segmenter: str,
+def run_cmd(ctx: click.Context, config: str | None, dataset: str, dataset_path: str | None,
+            roi: str, detector: str, segmenter: str, checkpoint: str | None,
             prompt_protocol: str, k: int, jitter_shift: float, jitter_scale: float, seed: int,
             match_dice: float, cases: tuple[str, ...], splits_file: str | None,
-            split_name: str | None, no_masks: bool, out_dir: str) -> None:
-    """Evaluate one detector + segmenter on every case of a dataset.
+            split_name: str | None, no_masks: bool, no_cost: bool, cost_repeats: int,
+            no_overlays: bool, executor: str | None, scheduler: str | None,
+            workers: int | None, device: str | None, threads: int | None,
+            weights_dir: str | None, out_dir: str | None) -> None:
+    """Evaluate segmenters on a dataset: one method from the options, or a whole study
+    (methods x prompt modes x learning paradigms) from CONFIG.toml.
 
     Per-case rows are appended to OUT/cases.jsonl as each case finishes; cases already
-    there for the same configuration are skipped. OUT/report.md and OUT/summary.json
-    summarise every configuration run into OUT.
+    there for the same configuration are skipped, and finished training runs are reused.
+    OUT/summary.md, OUT/report.html and OUT/summary.json summarise every configuration run
+    into OUT. The CONFIG.toml format is in docs/bench.md (examples in docs/examples/).
 
     \b
     Example:
       autoseg bench run --dataset pycerr --detector oracle --jitter-shift 0.1 \\
           --jitter-scale 0.1 --out bench-out/
+      autoseg bench run docs/examples/bench-paradigms-tiny.toml --out bench-out/
+      autoseg bench run study.toml --executor dask --scheduler tcp://10.0.0.5:8786
     """
+    from dataclasses import replace
+
     from .bench.runner import BenchConfig, run_bench
+    from .bench.study import load_study, run_study
+    from .config import Settings, default_weights_dir
     from .errors import ConfigError
 
+    show = not ctx.find_root().obj.quiet if ctx.find_root().obj else True
+    if config is not None:
+        given = [f"--{n.replace('_', '-')}" for n in _METHOD_OPTIONS
+                 if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise ConfigError(f"with CONFIG {config}, methods and dataset come from the file; "
+                              f"remove {', '.join(given)}")
+        study = load_study(config)
+        study = replace(study, executor=executor or study.executor,
+                        scheduler=scheduler if scheduler is not None else study.scheduler,
+                        device=device or study.device, workers=workers or study.workers,
+                        threads=study.threads if threads is None else threads)
+        out = Path(out_dir or study.out or "bench-out")
+        settings = Settings(device=study.device, threads=study.threads,
+                            weights_dir=Path(weights_dir) if weights_dir
+                            else default_weights_dir())
+        with _bench_progress(show) as (on_event, on_case, train_progress):
+            summary = run_study(study, out, settings=settings, on_event=on_event,
+                                on_case=on_case, train_progress=train_progress,
+                                on_stage=lambda msg: on_event("stage", msg),
+                                save_overlays=not no_overlays)
+        _print_summary(summary, out)
+        return
+
+    if out_dir is None:
+        raise ConfigError("--out is required without CONFIG")
     if (splits_file is None) != (split_name is None):
         raise ConfigError(f"--splits and --split go together; got --splits {splits_file} "
                           f"and --split {split_name}")
@@ -102,23 +173,78 @@ def run_cmd(dataset: str, dataset_path: str | None, roi: str, detector: str, seg
         cases = tuple(sp["cases"][split_name]) + tuple(cases)
         if not cases:
             raise ConfigError(f"--split {split_name!r} of {splits_file} holds no case")
+    options: dict[str, Any] = {}
+    if checkpoint:
+        from .bench.study import checkpoint_options
+
+        options = checkpoint_options(segmenter, checkpoint)
     cfg = BenchConfig(dataset=dataset, dataset_path=dataset_path, roi=roi, detector=detector,
                       segmenter=segmenter, protocol=prompt_protocol, k=k,
                       jitter_shift=jitter_shift, jitter_scale=jitter_scale, seed=seed,
-                      match_dice=match_dice, cases=cases)
-
-    def on_case(i: int, n: int, row: dict[str, Any]) -> None:
-        if row.get("resumed"):
-            msg = "already done"
-        elif row.get("status") == "ok":
-            msg = (f"Dice {row['dice']:.3f}  TP/FP/FN {int(row['tp'])}/{int(row['fp'])}/"
-                   f"{int(row['fn'])}  {row['segment_s']:.1f} s")
-        else:
-            msg = f"{row.get('status')}: {row.get('error')}"
-        click.echo(f"[{i + 1}/{n}] {row['case_id']}: {msg}", err=True)
-
-    summary = run_bench(cfg, out_dir, save_masks=not no_masks, on_case=on_case)
+                      match_dice=match_dice, cases=cases, options=options,
+                      measure_cost=not no_cost, cost_repeats=cost_repeats)
+    settings = Settings(device=device or "auto", threads=threads or 0,
+                        weights_dir=Path(weights_dir) if weights_dir else default_weights_dir(),
+                        options=options)
+    with _bench_progress(show) as (on_event, on_case, _train):
+        on_event("eval", f"{cfg.method} {cfg.mode}")
+        summary = run_bench(cfg, out_dir, settings=settings, save_masks=not no_masks,
+                            save_overlays=not no_overlays, on_case=on_case,
+                            on_stage=lambda msg: on_event("stage", msg),
+                            executor=executor or "local", scheduler=scheduler,
+                            n_workers=workers or 2)
     _print_summary(summary, Path(out_dir))
+
+
+@contextmanager
+def _bench_progress(enabled: bool) -> Iterator[tuple[Any, Any, Any]]:
+    """(on_event, on_case, train_progress) callbacks drawing rich progress bars on stderr:
+    one bar per training run and per evaluated configuration; failed and skipped cases are
+    printed above the bars."""
+    if not enabled:
+        yield (lambda kind, msg: None), (lambda i, n, row: None), (lambda d, t: None)
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    con = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=con) as prog:
+        state: dict[str, Any] = {"eval": None, "train": None}
+
+        def on_event(kind: str, msg: str) -> None:
+            if kind == "eval":
+                state["eval"] = prog.add_task(f"eval  {msg}", total=None)
+            elif kind == "train":
+                state["train"] = prog.add_task(f"train {msg}", total=None)
+            elif kind == "plan":
+                con.print(f"[bold]bench[/] {msg}")
+            elif kind == "stage":
+                con.print(f"[dim]{msg}[/]")
+
+        def on_case(i: int, n: int, row: dict[str, Any]) -> None:
+            if state["eval"] is None:
+                state["eval"] = prog.add_task("eval", total=n)
+            prog.update(state["eval"], total=n, advance=1)
+            status = row.get("status")
+            if status in ("failed", "skipped"):
+                con.print(f"[yellow]{row.get('case_id')}: {status}:[/] {row.get('error')}")
+
+        def train_progress(done: int, total: int) -> None:
+            if state["train"] is None:
+                state["train"] = prog.add_task("train", total=total)
+            prog.update(state["train"], completed=done, total=total)
+
+        yield on_event, on_case, train_progress
 
 
 @bench.command("splits", epilog=EXIT_HELP)
@@ -161,7 +287,7 @@ def splits_cmd(dataset: str, dataset_path: str | None, seed: int, fractions: str
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout.")
 @_handled
 def report_cmd(results_dir: str, as_json: bool) -> None:
-    """Rewrite the CSVs, summary.json and report.md of RESULTS_DIR.
+    """Rewrite the CSVs, summary.json, summary.md and report.html of RESULTS_DIR.
 
     \b
     Example:
@@ -188,4 +314,4 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
                    f"Dice {f('dice')}  HD95 {f('hd95_mm', 1)} mm  NSD@2 {f('nsd_2mm')}  "
                    f"Sens {f('sensitivity', 2)}  Prec {f('precision', 2)}  "
                    f"seg {f('segment_s', 2, g['cost'])} s")
-    click.echo(f"report: {out / 'report.md'}")
+    click.echo(f"report: {out / 'report.html'}  summary: {out / 'summary.md'}")

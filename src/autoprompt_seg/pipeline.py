@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .backends import Detector, ProgressFn, Segmenter, is_promptable
 from .errors import AutosegError, BackendError, ConfigError
@@ -14,6 +14,11 @@ log = logging.getLogger(__name__)
 
 #: ``stage_progress(stage_name, total) -> ProgressFn`` creates a progress callback per stage.
 StageProgress = Callable[[str, int], ProgressFn | None]
+#: ``segment_fn(boxes, progress) -> masks``: replaces ``segmenter.segment(volume, ...)``;
+#: it must return one mask per detected box, in order (the benchmark uses it to call a
+#: :class:`~autoprompt_seg.backends.SliceSegmenter`'s ``segment_slices`` with per-slice
+#: boxes, one lesion per key box).
+SegmentFn = Callable[[Sequence[Box3D], ProgressFn | None], list[LesionMask]]
 
 
 #: The detector name that means "no prompt" (:mod:`autoprompt_seg.detect.none`).
@@ -46,8 +51,12 @@ def split_components(lesion: LesionMask) -> list[LesionMask]:
 
 
 def run(volume: Volume, detector: Detector, segmenter: Segmenter,
-        stage_progress: StageProgress | None = None) -> Prediction:
+        stage_progress: StageProgress | None = None, *,
+        segment_fn: SegmentFn | None = None) -> Prediction:
     """Run one study through a detector and a segmenter.
+
+    ``segment_fn`` (see :data:`SegmentFn`) replaces the call to ``segmenter.segment``;
+    timings, checks and the dropping of empty masks stay the same.
 
     Lesions whose mask comes back empty are dropped with a warning. Backend exceptions
     that are not :class:`AutosegError` are wrapped in :class:`BackendError`.
@@ -82,7 +91,10 @@ def run(volume: Volume, detector: Detector, segmenter: Segmenter,
     lesions = []
     if boxes:
         try:
-            masks = segmenter.segment(volume, boxes, prog("segment", len(boxes)))
+            if segment_fn is None:
+                masks = segmenter.segment(volume, boxes, prog("segment", len(boxes)))
+            else:
+                masks = segment_fn(boxes, prog("segment", len(boxes)))
         except AutosegError:
             raise
         except Exception as e:  # noqa: BLE001

@@ -12,7 +12,10 @@ Protocols
     extent and key slice are kept.
 ``every-k``
     Per lesion, a 2-D box (``z1 = z0 + 1``) on every k-th tumour slice, starting at the
-    key slice and going both ways (the paper's group used k = 2).
+    key slice and going both ways (the paper's group used k = 2). A rater draws every k-th
+    slice; the tool interpolates in between: :func:`fill_slice_boxes` gives the slices
+    between two drawn boxes of a lesion linearly interpolated boxes (the benchmark runner
+    does this before calling a segmenter's ``segment_slices``).
 ``every-slice``
     ``every-k`` with k = 1 (MedSAM's protocol).
 
@@ -142,7 +145,10 @@ class GTPromptDetector:
     """A :class:`~autoprompt_seg.backends.Detector` returning jittered GT key boxes.
 
     The runner sets :attr:`mask` and :attr:`seed` per case before calling
-    :meth:`detect`. Only the ``key-slice`` protocol yields boxes a 3-D segmenter can use.
+    :meth:`detect`. Only the ``key-slice`` protocol yields boxes a 3-D segmenter can use;
+    for the multi-box protocols :attr:`last` holds each lesion's drawn 2-D boxes, which the
+    runner passes (``every-k``: filled by :func:`fill_slice_boxes`) to a
+    :class:`~autoprompt_seg.backends.SliceSegmenter`'s ``segment_slices``.
     """
 
     def __init__(self, protocol: str = "key-slice", jitter: Jitter | None = None,
@@ -173,6 +179,48 @@ class GTPromptDetector:
         if progress is not None:
             progress(1, 1)
         return [p.key_box for p in self.last]
+
+
+def _round_half_up(v: float) -> int:
+    return int(np.floor(v + 0.5))
+
+
+def fill_slice_boxes(boxes: Sequence[Box3D]) -> list[Box3D]:
+    """One lesion's drawn 2-D boxes, completed with one box on every slice between them.
+
+    A rater draws every k-th slice; the tool interpolates in between. For a slice ``z``
+    between two consecutive drawn slices ``za < z < zb``, each in-plane coordinate
+    (``y0, y1, x0, x1``) is ``(1 - t) * a + t * b`` with ``t = (z - za) / (zb - za)``,
+    rounded half up; as both drawn boxes are at least one voxel wide, so is every
+    interpolated one. Interpolated boxes have ``key_slice = z``, the lower of the two
+    scores, ``source`` = the lower box's source + ``"+interpolated"`` and ``from_person``
+    when both drawn boxes have it. Drawn boxes come back unchanged. Only the z-range of the
+    drawn boxes is filled (nothing is extrapolated); the result is sorted by slice.
+
+    Raises ``ValueError`` when a box is not 2-D (``z1 != z0 + 1``) or two boxes share a
+    slice.
+    """
+    drawn = sorted(boxes, key=lambda b: b.z0)
+    for i, b in enumerate(drawn):
+        if b.z1 != b.z0 + 1:
+            raise ValueError(f"Argument 'boxes' must hold 2-D boxes (z1 == z0 + 1); got "
+                             f"{b.to_dict()}")
+        if i and drawn[i - 1].z0 == b.z0:
+            raise ValueError(f"Argument 'boxes' holds two boxes on slice {b.z0}")
+    out: list[Box3D] = []
+    for a, b in zip(drawn, drawn[1:], strict=False):
+        out.append(a)
+        for z in range(a.z0 + 1, b.z0):
+            t = (z - a.z0) / (b.z0 - a.z0)
+            y0, y1, x0, x1 = (_round_half_up((1 - t) * u + t * v)
+                              for u, v in ((a.y0, b.y0), (a.y1, b.y1), (a.x0, b.x0),
+                                           (a.x1, b.x1)))
+            out.append(Box3D(z0=z, z1=z + 1, y0=y0, y1=y1, x0=x0, x1=x1, key_slice=z,
+                             score=min(a.score, b.score), source=f"{a.source}+interpolated",
+                             from_person=a.from_person and b.from_person))
+    if drawn:
+        out.append(drawn[-1])
+    return out
 
 
 def flatten_slice_boxes(prompts: Sequence[LesionPrompt]) -> list[Box3D]:

@@ -6,6 +6,7 @@
     out = "bench-out"             # results folder (``--out`` overrides)
     executor = "local"            # local | dask  (``--executor`` overrides)
     scheduler = ""                # Dask scheduler address; empty = a LocalCluster
+    workers = 2                   # LocalCluster worker processes
     device = "auto"               # auto | cpu | cuda
     threads = 0                   # CPU threads for neural backends (0 = library default)
     seed = 0                      # jitter and K-shot sampling seed
@@ -88,7 +89,7 @@ TRAINABLE = {"unet": "unet", "deeplabv3": "deeplabv3", "medsam": "medsam",
 FROM_BASE = ("medsam", "medsam2")
 
 _TOP_KEYS = {"out", "executor", "scheduler", "device", "threads", "seed", "match_dice",
-             "nsd_tolerance_mm", "measure_cost", "cost_repeats", "save_masks", "dataset",
+             "nsd_tolerance_mm", "measure_cost", "cost_repeats", "save_masks", "dataset", "workers",
              "split", "method"}
 _DATASET_KEYS = {"name", "path", "roi"}
 _SPLIT_KEYS = {"seed", "fractions", "file", "evaluate"}
@@ -163,6 +164,7 @@ class StudyConfig:
     out: str = ""
     executor: str = "local"
     scheduler: str = ""
+    workers: int = 2
     device: str = "auto"
     threads: int = 0
     seed: int = 0
@@ -258,7 +260,8 @@ def study_from_dict(doc: Mapping[str, Any], src: str = "study",
         dataset=str(dset["name"]), dataset_path=rel(str(dset.get("path", ""))) or None,
         roi=str(dset.get("roi", "GTV-1")), methods=tuple(methods),
         out=rel(str(doc.get("out", ""))), executor=str(doc.get("executor", "local")),
-        scheduler=str(doc.get("scheduler", "")), device=str(doc.get("device", "auto")),
+        scheduler=str(doc.get("scheduler", "")), workers=int(doc.get("workers", 2)),
+        device=str(doc.get("device", "auto")),
         threads=int(doc.get("threads", 0)), seed=int(doc.get("seed", 0)),
         match_dice=float(doc.get("match_dice", 0.1)),
         nsd_tolerance_mm=float(doc.get("nsd_tolerance_mm", 2.0)),
@@ -409,7 +412,8 @@ def _train_job(job: Job, study: StudyConfig, out: Path, cases: Sequence[Any],
 
 def run_study(study: StudyConfig, out_dir: str | os.PathLike[str] | None = None, *,
               settings: Settings | None = None, on_event: EventFn | None = None,
-              on_case: Any = None, train_progress: Any = None) -> dict[str, Any]:
+              on_case: Any = None, train_progress: Any = None,
+              on_stage: Any = None, save_overlays: bool = True) -> dict[str, Any]:
     """Train what the paradigms need, evaluate every job, write the report; returns the
     summary (:func:`autoprompt_seg.bench.report.write_outputs`)."""
     from .datasets import get_cases
@@ -452,8 +456,9 @@ def run_study(study: StudyConfig, out_dir: str | os.PathLike[str] | None = None,
                           cost_repeats=study.cost_repeats)
         emit("eval", f"{job.name}: evaluating {len(evaluate)} case(s)")
         run_bench(cfg, out, settings=replace(base, options=options),
-                  save_masks=study.save_masks, on_case=on_case, executor=study.executor,
-                  scheduler=study.scheduler or None)
+                  save_masks=study.save_masks, save_overlays=save_overlays, on_case=on_case,
+                  on_stage=on_stage, executor=study.executor,
+                  scheduler=study.scheduler or None, n_workers=study.workers)
     summary = write_outputs(out)
     emit("done", str(out))
     return summary
