@@ -172,8 +172,10 @@ def backend_options(f: F) -> F:
                      help="nnU-Net mirroring test-time augmentation (8x slower; off by "
                           "default)."),
         click.option("--checkpoint", "medsam2_checkpoint", default=None,
-                     help="MedSAM2 checkpoint for --segmenter medsam2: a weights name from "
-                          "`autoseg weights list` or a file (default MedSAM2_latest)."),
+                     help="Weights of the segmenter: a weights name from `autoseg weights "
+                          "list` or a file (medsam2 default MedSAM2_latest, medsam default "
+                          "medsam_vit_b; unet/deeplabv3: a file from `autoseg train`; "
+                          "nnunet: a model folder)."),
         click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
                      envvar="AUTOSEG_WEIGHTS_DIR",
                      help="Folder of installed weights [env AUTOSEG_WEIGHTS_DIR]."),
@@ -210,7 +212,10 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
     if nnunet_opts:
         options["nnunet"] = nnunet_opts
     if medsam2_checkpoint:
-        options["medsam2_checkpoint"] = medsam2_checkpoint
+        from .bench.study import checkpoint_options
+
+        for k, v in checkpoint_options(segmenter, medsam2_checkpoint).items():
+            options[k] = {**options[k], **v} if isinstance(options.get(k), dict) else v
     if prompts:
         options["prompts"] = prompts
     if prompts_from:

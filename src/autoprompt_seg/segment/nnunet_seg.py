@@ -4,7 +4,8 @@ nnU-Net needs no prompt: it segments the whole volume once (same model loading a
 ``nnunet`` detector, :mod:`autoprompt_seg.nnunet_model`; one network pass is shared when both
 run on the same volume). As a :class:`~autoprompt_seg.backends.Segmenter` it **ignores the
 prompt's shape and key slice** and only uses each box to pick which part of nnU-Net's mask
-belongs to which lesion:
+belongs to which lesion (:func:`autoprompt_seg.segment.slicewise.assign_components`,
+shared with the other prompt-free segmenters):
 
 * nnU-Net's label map (every foreground label) is split into 26-connected components;
 * a component belongs to the box it overlaps most (in voxels; ties: the earlier box), so a
@@ -65,28 +66,10 @@ class NnunetSegmenter:
 
     def segment(self, volume: Volume, boxes: Sequence[Box3D],
                 progress: ProgressFn | None = None) -> list[LesionMask]:
-        from scipy import ndimage as ndi
+        from .slicewise import masks_for_boxes
 
-        seg = self.full_mask(volume)
-        labelled, n = ndi.label(seg > 0, structure=np.ones((3, 3, 3), dtype=bool))
-        owner = np.full(n + 1, -1, dtype=np.int64)
-        best = np.zeros(n + 1, dtype=np.int64)
-        for i, b in enumerate(boxes):
-            counts = np.bincount(labelled[b.slices()].ravel(), minlength=n + 1)
-            counts[0] = 0
-            better = counts > best
-            owner[better] = i
-            best[better] = counts[better]
-        out: list[LesionMask] = []
-        for i, b in enumerate(boxes):
-            mine = np.flatnonzero(owner == i)
-            full = np.isin(labelled, mine) if mine.size else np.zeros(seg.shape, dtype=bool)
-            out.append(LesionMask.from_full(full, b, score=b.score))
-            if progress is not None:
-                progress(i + 1, len(boxes))
-        log.info("nnunet segmenter: %d component(s), %d box(es), %d unclaimed", n, len(boxes),
-                 int(((owner[1:] < 0)).sum()))
-        return out
+        return masks_for_boxes(self.full_mask(volume) > 0, boxes, "nnunet segmenter",
+                               progress)
 
 
 def create(settings: Settings) -> NnunetSegmenter:
