@@ -71,3 +71,19 @@ def test_lesion_mask_must_fit_volume():
     box = Box3D(0, 1, 0, 1, 0, 1, key_slice=0)
     with pytest.raises(ValueError, match="'mask'.*fit inside"):
         LesionMask(np.ones((2, 2, 2), bool), (3, 0, 0), (4, 4, 4), box)
+
+
+def test_label_map_widens_beyond_255_lesions_and_union_mask_covers_all():
+    """An untrained prompt-free model can give hundreds of specks: no uint8 overflow."""
+    vol = Volume(array=np.zeros((2, 20, 20), np.float32), spacing=(1.0, 1.0, 1.0),
+                 origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+    lesions = []
+    for i in range(300):
+        z, y, x = i // 200, (i % 200) // 20 * 2, i % 20
+        box = Box3D(z0=z, z1=z + 1, y0=y, y1=y + 1, x0=x, x1=x + 1, key_slice=z)
+        lesions.append(LesionMask(np.ones((1, 1, 1), bool), (z, y, x), vol.shape, box))
+    info = BackendInfo(name="t", kind="segmenter", version="0")
+    pred = Prediction(volume=vol, lesions=tuple(lesions), detector=info, segmenter=info)
+    lab = pred.label_map()
+    assert lab.dtype == np.uint16 and lab.max() == 300 and np.count_nonzero(lab) == 300
+    assert np.array_equal(pred.union_mask(), lab > 0)

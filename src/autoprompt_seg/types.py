@@ -272,10 +272,20 @@ class Prediction:
     def from_person(self) -> bool:
         return any(les.box.from_person for les in self.lesions)
 
-    def label_map(self) -> npt.NDArray[np.uint8]:
-        """(z, y, x) label map, lesion i = i (1-based). Later lesions never overwrite."""
-        out = np.zeros(self.volume.shape, dtype=np.uint8)
+    def label_map(self) -> npt.NDArray[np.unsignedinteger[Any]]:
+        """(z, y, x) label map, lesion i = i (1-based). Later lesions never overwrite.
+        uint8, or uint16 beyond 255 lesions (an untrained prompt-free model can give
+        hundreds of specks)."""
+        dtype = np.uint8 if len(self.lesions) <= 255 else np.uint16
+        out = np.zeros(self.volume.shape, dtype=dtype)
         for i, les in enumerate(self.lesions, start=1):
             region = out[les.slices()]
             region[(region == 0) & les.mask] = i
+        return out
+
+    def union_mask(self) -> npt.NDArray[np.bool_]:
+        """(z, y, x) boolean mask of every lesion."""
+        out = np.zeros(self.volume.shape, dtype=bool)
+        for les in self.lesions:
+            out[les.slices()] |= les.mask
         return out

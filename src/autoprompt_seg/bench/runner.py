@@ -451,7 +451,7 @@ def evaluate_case(config: BenchConfig, settings: Settings, case: ds.Case,
         log.error("case %s failed: %s", case.case_id, e)
         return CaseResult(case.case_id, {**base, "status": "failed", "error": str(e),
                                          "load_s": load_s, "peak_rss_mb": peak_rss_mb()}, [])
-    mask = pred.label_map() > 0
+    mask = pred.union_mask()
     t1 = time.perf_counter()
     values, lesions = case_metrics(mask, gt, volume.spacing, match_dice=config.match_dice,
                                    nsd_tolerance_mm=config.nsd_tolerance_mm)

@@ -145,18 +145,10 @@ def _pixel_array(prediction: Prediction) -> npt.NDArray[Any]:
     """A (z, y, x) label map when lesions do not overlap, else (z, y, x, n) booleans."""
     n = len(prediction.lesions)
     total = sum(les.voxel_count for les in prediction.lesions)
-    if n <= 255:
-        labels = prediction.label_map()
-        if int(np.count_nonzero(labels)) == total:
-            return labels
-        log.info("lesions overlap: the SEG stores one full mask per segment")
-    else:  # pragma: no cover - hundreds of lesions are not a lung CT
-        labels16 = np.zeros(prediction.volume.shape, dtype=np.uint16)
-        for i, les in enumerate(prediction.lesions, start=1):
-            region = labels16[les.slices()]
-            region[(region == 0) & les.mask] = i
-        if int(np.count_nonzero(labels16)) == total:
-            return labels16
+    labels = prediction.label_map()  # uint8, or uint16 beyond 255 lesions
+    if int(np.count_nonzero(labels)) == total:
+        return labels
+    log.info("lesions overlap: the SEG stores one full mask per segment")
     stack = np.zeros((*prediction.volume.shape, n), dtype=bool)
     for i, les in enumerate(prediction.lesions):
         sz, sy, sx = les.slices()
