@@ -221,7 +221,16 @@ def _bench_progress(enabled: bool) -> Iterator[tuple[Any, Any, Any]]:
                   console=con) as prog:
         state: dict[str, Any] = {"eval": None, "train": None}
 
+        def close_train() -> None:  # a reused (already finished) run reports no steps
+            tid = state["train"]
+            if tid is not None:
+                t = prog.tasks[tid]
+                prog.update(tid, total=t.total or 1, completed=t.total or 1)
+                state["train"] = None
+
         def on_event(kind: str, msg: str) -> None:
+            if kind in ("eval", "train", "done"):
+                close_train()
             if kind == "eval":
                 state["eval"] = prog.add_task(f"eval  {msg}", total=None)
             elif kind == "train":
@@ -310,7 +319,8 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
             v = s[name]
             return "–" if v["mean"] is None else f"{v['mean']:.{d}f}±{v['sd']:.{d}f}"
 
-        click.echo(f"{g['method']:<24} {g['mode']:<20} ok {g['n_ok']}/{g['n_cases']}  "
+        name = g.get("label") or f"{g['method']} · {g['mode']}"
+        click.echo(f"{name:<44} ok {g['n_ok']}/{g['n_cases']}  "
                    f"Dice {f('dice')}  HD95 {f('hd95_mm', 1)} mm  NSD@2 {f('nsd_2mm')}  "
                    f"Sens {f('sensitivity', 2)}  Prec {f('precision', 2)}  "
                    f"seg {f('segment_s', 2, g['cost'])} s")

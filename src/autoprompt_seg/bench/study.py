@@ -61,6 +61,9 @@ Semantics:
   patient is ever scored. Without one, every case is evaluated (or ``split.evaluate`` when
   a ``[split]`` table is given).
 * Each (method, mode, paradigm, K) is its own group in the report.
+* MedSAM's image encoder is frozen in every paradigm, so its slice embeddings are cached
+  once in ``OUT/cache/medsam-embeddings`` (about 4 MB per slice) and shared by the
+  zero-shot evaluation, the training runs and the trained models' evaluations.
 """
 
 from __future__ import annotations
@@ -373,7 +376,8 @@ EventFn = Callable[[str, str], None]
 
 
 def _train_job(job: Job, study: StudyConfig, out: Path, cases: Sequence[Any],
-               settings: Settings, progress: Any = None) -> Any:
+               settings: Settings, progress: Any = None,
+               extra_options: Mapping[str, Any] | None = None) -> Any:
     from ..train.core import TrainConfig, train_model
 
     m, t = job.method, job.method.train
@@ -381,7 +385,7 @@ def _train_job(job: Job, study: StudyConfig, out: Path, cases: Sequence[Any],
     cfg = TrainConfig(model=model, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                       steps_per_epoch=t.steps_per_epoch, image_size=t.image_size,
                       seed=study.seed if t.seed is None else t.seed, device=study.device,
-                      options=dict(t.options))
+                      options={**dict(extra_options or {}), **dict(t.options)})
     init: str | None
     if t.init == "scratch":
         init = None
@@ -432,6 +436,13 @@ def run_study(study: StudyConfig, out_dir: str | os.PathLike[str] | None = None,
     for job in jobs:
         m = job.method
         options = _merge({}, m.options)
+        train_opts: dict[str, Any] = {}
+        if m.segmenter == "medsam":
+            # MedSAM's encoder is frozen in every paradigm: one embedding per slice serves
+            # the zero-shot evaluation, every training run and every trained model.
+            emb = str(out / "cache" / "medsam-embeddings")
+            options = _merge({"medsam": {"embedding_cache": emb}}, options)
+            train_opts = {"embedding_cache": emb}
         train_cases = 0
         train_hash = ""
         if job.paradigm == "zero-shot":
@@ -440,7 +451,7 @@ def run_study(study: StudyConfig, out_dir: str | os.PathLike[str] | None = None,
         else:
             emit("train", f"{job.name}: training on {len(job.train_case_ids)} case(s)")
             res = _train_job(job, study, out, cases, replace(base, options=options),
-                             progress=train_progress)
+                             progress=train_progress, extra_options=train_opts)
             options = _merge(options, checkpoint_options(m.segmenter, str(res.checkpoint)))
             train_cases = len(job.train_case_ids)
             train_hash = f"{res.config_hash}-{res.data_hash}-{res.sha256[:12]}"

@@ -22,6 +22,7 @@ training again from the first epoch (nnU-Net's own ``--c`` continuation is not w
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,8 +40,9 @@ _OPTION_DEFAULTS: dict[str, Any] = {"target_spacing_mm": 2.5, "base_features": 1
 
 
 def write_msd_layout(cases: Sequence[Any], root: Path) -> list[str]:
-    """Write ``cases`` as ``root/imagesTr/<id>.nii.gz`` + ``root/labelsTr/<id>.nii.gz``;
-    bad cases are logged and skipped. Returns the case ids written."""
+    """Write ``cases`` as ``root/imagesTr/<id>.nii.gz`` + ``root/labelsTr/<id>.nii.gz`` with
+    an MSD-style ``root/dataset.json``; bad cases are logged and skipped. Returns the case
+    ids written."""
     import numpy as np
     import SimpleITK as sitk
 
@@ -64,6 +66,10 @@ def write_msd_layout(cases: Sequence[Any], root: Path) -> list[str]:
         written.append(c.case_id)
     if not written:
         raise InputError("nnU-Net training: no usable case (every case was skipped)")
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "autoprompt_seg training cases", "labels": {"0": "background", "1": "tumour"},
+        "training": [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"}
+                     for i in written]}, indent=2) + "\n", encoding="utf-8")
     return written
 
 

@@ -1,0 +1,784 @@
+"""MedSAM segmenter: 2-D MedSAM (SAM ViT-B, Ma et al., 2024) with one box per slice.
+
+MedSAM's checkpoint ``medsam_vit_b.pth`` is a plain SAM ViT-B state dict, loaded
+``strict=True`` into ``segment_anything.sam_model_registry["vit_b"]`` (MedSAM's own training
+checkpoints, ``{"model": state_dict, "optimizer": ..., "epoch": ...}``, load too). Everything
+that imports ``torch`` or ``segment_anything`` is imported lazily.
+
+Options (``Settings.options["medsam"]``, a mapping; every key is optional):
+
+``checkpoint``
+    A weights name from the manifest installed in the weights folder (default
+    ``medsam_vit_b``) or the path of a checkpoint file.
+``window``
+    ``(level, width)`` in HU. Default: the lung window ``(-600, 1500)``, the same as the
+    ``medsam2`` segmenter, so that both models see the same CT contrast in the benchmark
+    (lung tumours against lung parenchyma). MedSAM's own CT script (``pre_CT_MR.py``)
+    defaults to the soft-tissue window ``(40, 400)``; set it here to follow that.
+``preprocess``
+    How a windowed slice becomes the encoder's input:
+
+    * ``"medsam"`` (default): MedSAM's published inference (``MedSAM_Inference.py``), the
+      procedure its weights were trained with: the ``uint8`` slice as 3 channels, resized to
+      1024x1024 with ``skimage.transform.resize(order=3, preserve_range=True,
+      anti_aliasing=True)`` and truncated to ``uint8``, min-max scaled to ``[0, 1]``, no
+      mean/std normalisation, no padding; the box scaled by ``1024 / (W, H)``; the
+      decoder's 256x256 logits through a sigmoid, bilinearly resized to the slice and
+      thresholded at 0.5. (The resize runs on the 2-D slice and is then repeated over the
+      3 channels: identical values, 25 times faster than resizing the 3-channel image.)
+    * ``"sam"``: exactly ``segment_anything.SamPredictor``: ``ResizeLongestSide(1024)``,
+      ``model.preprocess`` (pixel mean/std normalisation and padding), the box through
+      ``apply_boxes``, ``model.postprocess_masks`` to the slice size and the threshold
+      ``model.mask_threshold`` on the logits. MedSAM's authors point out that SAM's and
+      MedSAM's preprocessing differ; this mode exists for SAM-style checkpoints and to prove
+      equivalence with ``SamPredictor``.
+    A checkpoint trained here records its ``preprocess`` and ``window``; they are the
+    defaults when that checkpoint is used.
+``encoder_batch``
+    Slices per image-encoder call (default 1 on the CPU, 8 on CUDA).
+``bf16``
+    bf16 autocast for the image encoder on CUDA (default true; never on the CPU). The
+    prompt encoder and mask decoder always run in float32.
+
+How a study is segmented (:meth:`MedSAMSegmenter.segment_slices`): the slices that carry at
+least one box are windowed and preprocessed, encoded in batches (each slice once, however
+many lesions use it), and right after its batch is encoded every box on the slice goes
+through the prompt encoder and the mask decoder (``multimask_output=False``), so no image
+feature is kept longer than one batch. Per lesion, the masks of its boxes on a slice are
+joined (their maximum score); where two lesions claim a pixel the higher score wins (logit
+for ``sam``, probability for ``medsam``). A lesion's 3-D mask is the union of its slice
+masks. :meth:`MedSAMSegmenter.segment` (automatic mode) turns each 3-D box into one 2-D box
+with the same in-plane extent on every slice ``z0 .. z1 - 1``.
+
+Boxes: ``Box3D`` is half-open, so the 2-D prompt is ``(x0, y0, x1 - 1, y1 - 1)`` in pixel
+indices, as MedSAM builds boxes from masks (minimum and maximum pixel index).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..backends import ProgressFn
+from ..config import Settings, resolve_device
+from ..errors import BackendError, ConfigError, UnavailableError
+from ..types import BackendInfo, Box3D, LesionMask, Volume
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+log = logging.getLogger(__name__)
+
+NAME = "medsam"
+ARCHITECTURE = "sam_vit_b"
+IMAGE_SIZE = 1024
+DEFAULT_CHECKPOINT = "medsam_vit_b"
+#: Lung window (level, width) in HU, as the medsam2 segmenter (see the module docstring).
+DEFAULT_WINDOW: tuple[float, float] = (-600.0, 1500.0)
+#: MedSAM's own CT default (pre_CT_MR.py): soft-tissue window.
+MEDSAM_SOFT_TISSUE_WINDOW: tuple[float, float] = (40.0, 400.0)
+PREPROCESS_MODES = ("medsam", "sam")
+DEFAULT_PREPROCESS = "medsam"
+#: MedSAM thresholds the upsampled probability at 0.5.
+MEDSAM_PROB_THRESHOLD = 0.5
+UNTRAINED_NOTE = ("untrained test checkpoint: its sha256 matches no known MedSAM release in "
+                  "the weights manifest and it has no training record; no accuracy may be "
+                  "claimed for its masks")
+OPTION_KEYS = ("checkpoint", "window", "preprocess", "encoder_batch", "bf16",
+               "embedding_cache")
+
+
+# --------------------------------------------------------------------------- options
+
+
+def parse_window(value: Any, where: str) -> tuple[float, float]:
+    """``(level, width)`` from a pair or a "level,width" string; ConfigError otherwise."""
+    v = value
+    if isinstance(v, str):
+        v = v.replace(",", " ").split()
+    try:
+        level, width = (float(x) for x in v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"Option {where!r} must be (level, width) in HU; got {value!r}") from None
+    if not (math.isfinite(level) and math.isfinite(width) and width > 0):
+        raise ConfigError(f"Option {where!r} must have a finite level and a positive width; "
+                          f"got {value!r}")
+    return (level, width)
+
+
+def parse_preprocess(value: Any, where: str) -> str:
+    if value not in PREPROCESS_MODES:
+        raise ConfigError(f"Option {where!r} must be one of {', '.join(PREPROCESS_MODES)}; "
+                          f"got {value!r}")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class MedSAMOptions:
+    """The segmenter's knobs, read from ``settings.options["medsam"]``.
+
+    ``window`` and ``preprocess`` are ``None`` when not given: the checkpoint's training
+    record, else the module defaults, decide (:meth:`resolved`)."""
+
+    checkpoint: str = DEFAULT_CHECKPOINT
+    window: tuple[float, float] | None = None
+    preprocess: str | None = None
+    encoder_batch: int = 0  # 0 = auto (1 on the CPU, 8 on CUDA)
+    bf16: bool = True
+    #: folder of cached slice embeddings (``<key>.npy``, shared with the trainer); "" = off
+    embedding_cache: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MedSAMOptions:
+        """Validate ``settings.options["medsam"]``; a bad value raises ConfigError naming it."""
+        raw = settings.options.get("medsam", {}) or {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"Argument 'options[\"medsam\"]' must be a mapping; got {raw!r}")
+        unknown = sorted(set(raw) - set(OPTION_KEYS))
+        if unknown:
+            raise ConfigError(f"Argument 'options[\"medsam\"]' has unknown key(s) "
+                              f"{', '.join(map(str, unknown))}; known: {', '.join(OPTION_KEYS)}")
+        kw: dict[str, Any] = {}
+        if "checkpoint" in raw:
+            v = raw["checkpoint"]
+            if not isinstance(v, (str, Path)) or not str(v):
+                raise ConfigError(f"Option 'medsam.checkpoint' must be a weights name or a file "
+                                  f"path; got {v!r}")
+            kw["checkpoint"] = str(v)
+        if "window" in raw:
+            kw["window"] = parse_window(raw["window"], "medsam.window")
+        if "preprocess" in raw:
+            kw["preprocess"] = parse_preprocess(raw["preprocess"], "medsam.preprocess")
+        if "encoder_batch" in raw:
+            v = raw["encoder_batch"]
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ConfigError(f"Option 'medsam.encoder_batch' must be an integer >= 0; "
+                                  f"got {v!r}")
+            kw["encoder_batch"] = int(v)
+        if "bf16" in raw:
+            v = raw["bf16"]
+            if not isinstance(v, bool):
+                raise ConfigError(f"Option 'medsam.bf16' must be true or false; got {v!r}")
+            kw["bf16"] = v
+        if "embedding_cache" in raw:
+            v = raw["embedding_cache"]
+            if not isinstance(v, (str, Path)):
+                raise ConfigError(f"Option 'medsam.embedding_cache' must be a folder path; "
+                                  f"got {v!r}")
+            kw["embedding_cache"] = str(v)
+        return cls(**kw)
+
+
+# --------------------------------------------------------------------------- device
+
+
+def use_bf16(device: str, bf16: bool = True) -> bool:
+    """bf16 autocast is used on CUDA only (and only when asked for)."""
+    return device == "cuda" and bf16
+
+
+def encoder_autocast(device: str, bf16: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast("cuda", bfloat16)`` on CUDA; a no-op on the CPU (float32)."""
+    if not use_bf16(device, bf16):
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def default_encoder_batch(device: str) -> int:
+    """1 on the CPU (ViT-B's global attention makes batches no faster there), 8 on CUDA."""
+    return 8 if device == "cuda" else 1
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def window_uint8(hu: npt.NDArray[np.floating[Any]], window: tuple[float, float]
+                 ) -> npt.NDArray[np.uint8]:
+    """Window HU to 0..255 and truncate to uint8 (MedSAM's CT recipe, ``pre_CT_MR.py``)."""
+    from .medsam2 import window_uint8 as _w
+
+    return _w(hu, window)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One slice ready for the encoder: the model input (3, S, S) before batching, the
+    size the image has inside it (``input_size``) and the slice size."""
+
+    tensor: Any  # torch.Tensor (3, h, w): uint8 for "sam" (normalised in the batch), float32
+    input_size: tuple[int, int]
+    original_size: tuple[int, int]
+
+
+def medsam_resize(u8: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """MedSAM's resize to 1024x1024: skimage bicubic (order 3) with ``preserve_range`` and
+    ``anti_aliasing``, truncated to uint8 (on the 2-D slice; see the module docstring)."""
+    from skimage import transform
+
+    out = transform.resize(u8, (IMAGE_SIZE, IMAGE_SIZE), order=3, preserve_range=True,
+                           anti_aliasing=True)
+    return np.asarray(out).astype(np.uint8)
+
+
+def input_size_of(original_size: tuple[int, int], mode: str) -> tuple[int, int]:
+    """The size a slice has inside the 1024-px model frame (before padding)."""
+    if mode == "medsam":
+        return (IMAGE_SIZE, IMAGE_SIZE)
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    h, w = ResizeLongestSide.get_preprocess_shape(original_size[0], original_size[1],
+                                                  IMAGE_SIZE)
+    return (int(h), int(w))
+
+
+def prepare_slice(u8: npt.NDArray[np.uint8], mode: str) -> Prepared:
+    """The windowed ``uint8`` slice -> the encoder input of ``mode`` (module docstring)."""
+    import torch
+
+    h, w = int(u8.shape[0]), int(u8.shape[1])
+    if mode == "medsam":
+        r = medsam_resize(u8)
+        lo, hi = float(r.min()), float(r.max())
+        x = (r.astype(np.float64) - lo) / max(hi - lo, 1e-8)  # [0, 1], as MedSAM (float64)
+        t = torch.tensor(np.repeat(x[None], 3, axis=0)).float()
+        return Prepared(t, (IMAGE_SIZE, IMAGE_SIZE), (h, w))
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    rgb = np.repeat(u8[:, :, None], 3, axis=-1)
+    resized = ResizeLongestSide(IMAGE_SIZE).apply_image(rgb)
+    t = torch.as_tensor(resized).permute(2, 0, 1).contiguous()
+    return Prepared(t, (int(resized.shape[0]), int(resized.shape[1])), (h, w))
+
+
+def encoder_input(sam: Any, items: Sequence[Prepared], mode: str, device: str) -> torch.Tensor:
+    """Stack prepared slices into the (B, 3, 1024, 1024) encoder input on ``device``
+    (``sam.preprocess`` normalises and pads in ``"sam"`` mode, as ``SamPredictor``)."""
+    import torch
+
+    x = torch.stack([p.tensor for p in items]).to(device)
+    if mode == "sam":
+        x = sam.preprocess(x)
+    return x
+
+
+def box_pixels(box: Box3D) -> npt.NDArray[np.float64]:
+    """The 2-D box as ``(x_min, y_min, x_max, y_max)`` pixel indices (``x1 - 1``: half-open)."""
+    return np.array([box.x0, box.y0, box.x1 - 1, box.y1 - 1], dtype=np.float64)
+
+
+def boxes_to_model(boxes_xyxy: npt.NDArray[np.float64], original_size: tuple[int, int],
+                   mode: str) -> npt.NDArray[np.float64]:
+    """(n, 4) pixel boxes -> the model's 1024-px input frame: ``SamPredictor``'s
+    ``apply_boxes`` for ``"sam"``, ``box / (W, H, W, H) * 1024`` for ``"medsam"``."""
+    b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    h, w = original_size
+    if mode == "medsam":
+        return b / np.array([w, h, w, h], dtype=np.float64) * IMAGE_SIZE
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    return np.asarray(ResizeLongestSide(IMAGE_SIZE).apply_boxes(b, original_size)).reshape(-1, 4)
+
+
+def decode_low_res(sam: Any, embedding: torch.Tensor, boxes_model: torch.Tensor
+                   ) -> torch.Tensor:
+    """Prompt encoder + mask decoder for ``n`` boxes on ONE image embedding (1, 256, 64, 64):
+    (n, 1, 256, 256) low-resolution logits (``multimask_output=False``)."""
+    sparse, dense = sam.prompt_encoder(points=None, boxes=boxes_model.reshape(-1, 1, 4),
+                                       masks=None)
+    low, _ = sam.mask_decoder(image_embeddings=embedding,
+                              image_pe=sam.prompt_encoder.get_dense_pe(),
+                              sparse_prompt_embeddings=sparse,
+                              dense_prompt_embeddings=dense, multimask_output=False)
+    return low  # type: ignore[no-any-return]
+
+
+def upsample_logits(sam: Any, low: torch.Tensor, mode: str, input_size: tuple[int, int],
+                    original_size: tuple[int, int]) -> torch.Tensor:
+    """Low-res logits -> logits at the slice size: ``postprocess_masks`` (``"sam"``) or one
+    bilinear resize (``"medsam"``, as MedSAM's training upsamples its logits)."""
+    import torch.nn.functional as F
+
+    if mode == "sam":
+        return sam.postprocess_masks(low, input_size, original_size)  # type: ignore[no-any-return]
+    return F.interpolate(low, size=original_size, mode="bilinear", align_corners=False)
+
+
+def scores_at_slice(sam: Any, low: torch.Tensor, mode: str, input_size: tuple[int, int],
+                    original_size: tuple[int, int]) -> torch.Tensor:
+    """The score map the mask is thresholded from: logits (``"sam"``) or MedSAM's
+    probability (sigmoid, then bilinear resize)."""
+    import torch
+    import torch.nn.functional as F
+
+    if mode == "sam":
+        return upsample_logits(sam, low, mode, input_size, original_size)
+    return F.interpolate(torch.sigmoid(low), size=original_size, mode="bilinear",
+                         align_corners=False)
+
+
+def score_threshold(sam: Any, mode: str) -> float:
+    return float(sam.mask_threshold) if mode == "sam" else MEDSAM_PROB_THRESHOLD
+
+
+# --------------------------------------------------------------------------- model
+
+
+def encoder_fingerprint(sam: Any) -> str:
+    """sha256 of the image encoder's weights (names, shapes, bytes): the key under which
+    embeddings are cached (an encoder is frozen, so its embeddings never change)."""
+    h = hashlib.sha256()
+    for k, v in sorted(sam.image_encoder.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype}\0".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def embedding_key(fingerprint: str, preprocess: str, u8: npt.NDArray[np.uint8]) -> str:
+    h = hashlib.sha256()
+    h.update(f"{fingerprint}:{preprocess}:{u8.shape}\0".encode())
+    h.update(np.ascontiguousarray(u8).tobytes())
+    return h.hexdigest()[:40]
+
+
+
+
+def build_model(device: str = "cpu") -> Any:
+    """SAM ViT-B from ``segment_anything`` with random weights, in eval mode."""
+    try:
+        from segment_anything import sam_model_registry
+    except ImportError as e:  # pragma: no cover - registry checks find_spec first
+        raise UnavailableError(f"the medsam segmenter needs the Python package "
+                               f"segment-anything ({e})") from e
+    return sam_model_registry["vit_b"]().to(device).eval()
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A MedSAM checkpoint's state dict (``weights_only``: no pickled code).
+
+    Accepts a plain state dict (``medsam_vit_b.pth``) or MedSAM's training checkpoint
+    ``{"model": state_dict, ...}``. :class:`UnavailableError` for a missing, truncated or
+    corrupt file; :class:`ConfigError` for a file that holds something else."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UnavailableError(f"checkpoint {str(path)!r}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for damaged files
+        raise UnavailableError(f"checkpoint {str(path)!r} is truncated or corrupt and cannot be "
+                               f"read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not obj or not all(
+            isinstance(v, torch.Tensor) for v in obj.values()):
+        found = sorted(map(str, obj))[:6] if isinstance(obj, Mapping) else type(obj).__name__
+        raise ConfigError(f"checkpoint {str(path)!r} is not in MedSAM's format: expected a SAM "
+                          f"ViT-B state dict (name -> tensor); found {found}")
+    return dict(obj)
+
+
+def check_fits(model: Any, state_dict: Mapping[str, Any], path: Path) -> None:
+    """Compare keys and shapes with SAM ViT-B; a mismatch raises :class:`ConfigError` that
+    names the file and the first differences."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in own.items() if k in state_dict
+              and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es) (e.g. {'; '.join(shapes[:2])})")
+        raise ConfigError(f"checkpoint {str(path)!r} does not fit the SAM ViT-B architecture "
+                          f"(MedSAM): {'; '.join(parts)}")
+
+
+def load_model(path: Path, device: str = "cpu") -> Any:
+    """Build SAM ViT-B and load ``path`` into it with ``strict=True``, in eval mode."""
+    sd = read_checkpoint(path)
+    model = build_model("cpu")
+    check_fits(model, sd, path)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise ConfigError(f"checkpoint {str(path)!r} does not load strictly into SAM ViT-B: "
+                          f"{str(e)[:300]}") from e
+    return model.to(device).eval()
+
+
+def segment_anything_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("segment-anything")
+    except PackageNotFoundError:  # pragma: no cover
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- checkpoint choice
+
+
+@dataclass(frozen=True)
+class CheckpointChoice:
+    path: Path
+    name: str  # manifest name when known, else the file name
+    sha256: str
+    trained: bool  # known release sha256, or a valid training record
+    provenance: str
+    record: Mapping[str, Any] | None = None  # training record, when trained here
+
+
+def resolve_checkpoint(settings: Settings, options: MedSAMOptions) -> CheckpointChoice:
+    """Find the checkpoint (a file path, or a manifest name installed in the weights folder)
+    and decide its provenance: a known (non-empty) manifest sha256 of a SAM ViT-B entry, or
+    a valid training record beside the file (:func:`autoprompt_seg.weights.training_record`),
+    else an untrained test checkpoint."""
+    from ..weights import installed_path, load_manifest, sha256_file, training_record
+
+    manifest = load_manifest()
+    ref = options.checkpoint
+    p = Path(ref).expanduser()
+    if ref in manifest and not p.is_file():
+        entry = manifest[ref]
+        if entry.architecture != ARCHITECTURE:
+            raise ConfigError(f"Option 'medsam.checkpoint' names {ref!r}, a "
+                              f"{entry.architecture} checkpoint; medsam needs {ARCHITECTURE}")
+        found = installed_path(ref, settings.weights_dir)
+        if found is None:
+            raise UnavailableError(
+                f"MedSAM weights {ref!r} ({entry.file}) are not installed in "
+                f"{settings.weights_dir}: run `autoseg weights fetch {ref}` or "
+                f"`autoseg weights add {entry.file} --name {ref}`")
+        p = found
+    elif not p.is_file():
+        names = ", ".join(k for k, e in manifest.items() if e.architecture == ARCHITECTURE)
+        raise UnavailableError(f"Option 'medsam.checkpoint' must be a known weights name "
+                               f"({names}) or an existing file; got {ref!r}")
+    sha = sha256_file(p)
+    known = {e.sha256.lower(): e.name for e in manifest.values()
+             if e.sha256 and e.architecture == ARCHITECTURE}
+    if sha in known:
+        return CheckpointChoice(p, known[sha], sha, True,
+                                f"{known[sha]} (sha256 matches the weights manifest)")
+    rec = training_record(p)
+    name = ref if ref in manifest else p.name
+    if rec is not None:
+        prov = (f"trained here: {rec.get('model', NAME)}, {rec.get('n_cases', '?')} case(s), "
+                f"{rec.get('epochs', '?')} epoch(s), data {rec.get('data_hash', '?')}")
+        return CheckpointChoice(p, name, sha, True, prov, rec)
+    return CheckpointChoice(p, name, sha, False, "untrained test checkpoint")
+
+
+# --------------------------------------------------------------------------- segmenter
+
+
+@dataclass
+class RunStats:
+    """What one ``segment_slices`` call cost (``MedSAMSegmenter.last_stats``)."""
+
+    slices: int = 0  # distinct slices encoded
+    encoder_calls: int = 0  # slices through the encoder (a batch of n counts n)
+    encoder_batches: int = 0
+    boxes: int = 0
+    preprocess_s: float = 0.0
+    encoder_s: float = 0.0
+    decoder_s: float = 0.0
+    wall_s: float = 0.0
+
+
+@dataclass
+class _LesionAcc:
+    """Per lesion: per slice, the (y0, y1, x0, x1) crop of its pixels and the mask there."""
+
+    slices: dict[int, tuple[tuple[int, int, int, int], npt.NDArray[np.bool_]]] = field(
+        default_factory=dict)
+
+
+class MedSAMSegmenter:
+    """The ``medsam`` segmenter (see the module docstring). A :class:`SliceSegmenter`."""
+
+    promptable = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.options = MedSAMOptions.from_settings(settings)
+        self.device = resolve_device(settings.device)
+        if settings.threads > 0:
+            import torch
+
+            torch.set_num_threads(settings.threads)
+        self.checkpoint = resolve_checkpoint(settings, self.options)
+        rec = self.checkpoint.record or {}
+        self.window: tuple[float, float] = self.options.window or (
+            parse_window(rec["window"], "training record window") if "window" in rec
+            else DEFAULT_WINDOW)
+        self.preprocess: str = self.options.preprocess or (
+            parse_preprocess(rec["preprocess"], "training record preprocess")
+            if "preprocess" in rec else DEFAULT_PREPROCESS)
+        self.model = load_model(self.checkpoint.path, self.device)
+        self.encoder_batch = self.options.encoder_batch or default_encoder_batch(self.device)
+        self.last_stats = RunStats()
+        self._fingerprint: str | None = None
+        if not self.checkpoint.trained:
+            log.warning("medsam: %s (%s, sha256 %s)", UNTRAINED_NOTE, self.checkpoint.path,
+                        self.checkpoint.sha256[:12])
+
+    # ------------------------------------------------------------------ provenance
+    def info(self) -> BackendInfo:
+        c = self.checkpoint
+        details: dict[str, Any] = {
+            "architecture": ARCHITECTURE, "image_size": IMAGE_SIZE, "device": self.device,
+            "encoder_precision": "bf16 autocast" if use_bf16(self.device, self.options.bf16)
+            else "float32",
+            "preprocess": self.preprocess, "window_level_width": list(self.window),
+            "checkpoint_file": c.path.name, "prompt": "one 2-D box per slice",
+            "segment_anything_version": segment_anything_version(),
+            "provenance": c.provenance,
+        }
+        if not c.trained:
+            details["note"] = UNTRAINED_NOTE
+        return BackendInfo(name=NAME, kind="segmenter",
+                           version=f"segment-anything {segment_anything_version()}",
+                           family="Artificial Intelligence", checkpoint=c.name,
+                           checkpoint_sha256=c.sha256, trained=c.trained, details=details)
+
+    def torch_modules(self) -> dict[str, Any]:
+        return {"sam": self.model}
+
+    # ------------------------------------------------------------------ low level
+    def slice_scores(self, hu: npt.NDArray[np.floating[Any]],
+                     boxes_xyxy: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+        """(n, H, W) score maps of ``n`` pixel boxes ``(x_min, y_min, x_max, y_max)`` on one
+        HU slice: logits (``"sam"``) or probabilities (``"medsam"``); the mask is
+        ``scores > self.threshold``. One encoder call."""
+        import torch
+
+        u8 = window_uint8(np.asarray(hu), self.window)
+        prep = prepare_slice(u8, self.preprocess)
+        with torch.inference_mode():
+            with encoder_autocast(self.device, self.options.bf16):
+                emb = self.model.image_encoder(
+                    encoder_input(self.model, [prep], self.preprocess, self.device))
+            return self._decode(emb[0:1].float(), prep, np.asarray(boxes_xyxy, np.float64))
+
+    @property
+    def threshold(self) -> float:
+        return score_threshold(self.model, self.preprocess)
+
+    def _decode(self, emb: torch.Tensor, prep: Prepared, boxes_xyxy: npt.NDArray[np.float64]
+                ) -> npt.NDArray[np.float32]:
+        import torch
+
+        bm = boxes_to_model(boxes_xyxy, prep.original_size, self.preprocess)
+        bt = torch.as_tensor(bm, dtype=torch.float, device=self.device)
+        low = decode_low_res(self.model, emb, bt)
+        s = scores_at_slice(self.model, low, self.preprocess, prep.input_size,
+                            prep.original_size)
+        return np.ascontiguousarray(s[:, 0].float().cpu().numpy())
+
+    # ------------------------------------------------------------------ protocol
+    def segment(self, volume: Volume, boxes: Sequence[Box3D],
+                progress: ProgressFn | None = None) -> list[LesionMask]:
+        """Automatic mode: each 3-D box becomes one 2-D box with its in-plane extent on
+        every slice ``z0 .. z1 - 1``; one mask per box, in order (``box`` = the 3-D box)."""
+        per = [slice_boxes_of(b) for b in boxes]
+        masks = self.segment_slices(volume, per, progress)
+        return [LesionMask(m.mask, m.offset, m.volume_shape, b, b.score)
+                for m, b in zip(masks, boxes)]
+
+    def _embeddings(self, u8s: Sequence[npt.NDArray[np.uint8]], preps: Sequence[Prepared],
+                    stats: RunStats) -> torch.Tensor:
+        """Image embeddings of a batch of slices: from ``embedding_cache`` when there,
+        else encoded (and then stored there)."""
+        import torch
+
+        cache = Path(self.options.embedding_cache) if self.options.embedding_cache else None
+        keys: list[str | None] = [None] * len(preps)
+        found: dict[int, torch.Tensor] = {}
+        if cache is not None:
+            if self._fingerprint is None:
+                self._fingerprint = encoder_fingerprint(self.model)
+            for i, u8 in enumerate(u8s):
+                key = embedding_key(self._fingerprint, self.preprocess, u8)
+                keys[i] = key
+                f = cache / f"{key}.npy"
+                if f.is_file():
+                    try:
+                        found[i] = torch.from_numpy(np.load(f)).to(self.device)
+                    except (OSError, ValueError) as e:
+                        log.warning("medsam: cached embedding %s unreadable (%s); "
+                                    "encoding again", f, e)
+        todo = [i for i in range(len(preps)) if i not in found]
+        if todo:
+            x = encoder_input(self.model, [preps[i] for i in todo], self.preprocess,
+                              self.device)
+            with encoder_autocast(self.device, self.options.bf16):
+                new = self.model.image_encoder(x).float()
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+            stats.encoder_calls += len(todo)
+            stats.encoder_batches += 1
+            for j, i in enumerate(todo):
+                found[i] = new[j]
+                slot = keys[i]
+                if cache is not None and slot is not None:
+                    _save_embedding(cache / f"{slot}.npy", new[j].cpu().numpy())
+        return torch.stack([found[i] for i in range(len(preps))])
+
+    def segment_slices(self, volume: Volume, lesion_slice_boxes: Sequence[Sequence[Box3D]],
+                       progress: ProgressFn | None = None) -> list[LesionMask]:
+        """One mask per lesion from its 2-D boxes (module docstring)."""
+        import torch
+
+        t0 = time.perf_counter()
+        shape = volume.shape
+        by_slice: dict[int, list[tuple[int, Box3D]]] = {}
+        for i, boxes in enumerate(lesion_slice_boxes):
+            if len(boxes) == 0:
+                raise ConfigError(f"Argument 'lesion_slice_boxes[{i}]' must hold at least one "
+                                  f"2-D box; got none")
+            for j, b in enumerate(boxes):
+                if not isinstance(b, Box3D) or b.z1 != b.z0 + 1:
+                    raise ConfigError(f"Argument 'lesion_slice_boxes[{i}][{j}]' must be a 2-D "
+                                      f"box (Box3D with z1 == z0 + 1); got "
+                                      f"{b.to_dict() if isinstance(b, Box3D) else b!r}")
+                if not b.fits(shape):
+                    raise ConfigError(f"Argument 'lesion_slice_boxes[{i}][{j}]' {b.to_dict()} "
+                                      f"lies outside the volume {shape}")
+                by_slice.setdefault(b.z0, []).append((i, b))
+        zs = sorted(by_slice)
+        stats = RunStats(slices=len(zs), boxes=sum(len(v) for v in by_slice.values()))
+        accs = [_LesionAcc() for _ in lesion_slice_boxes]
+        thr = self.threshold
+        done = 0
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(zs), self.encoder_batch):
+                    batch = zs[start:start + self.encoder_batch]
+                    tp = time.perf_counter()
+                    u8s = [window_uint8(volume.array[z], self.window) for z in batch]
+                    preps = [prepare_slice(u8, self.preprocess) for u8 in u8s]
+                    te = time.perf_counter()
+                    stats.preprocess_s += te - tp
+                    emb = self._embeddings(u8s, preps, stats)
+                    td = time.perf_counter()
+                    stats.encoder_s += td - te
+                    for k, z in enumerate(batch):
+                        owners = by_slice[z]
+                        scores = self._decode(emb[k:k + 1], preps[k],
+                                              np.stack([box_pixels(b) for _, b in owners]))
+                        _resolve_slice(z, owners, scores, thr, accs)
+                        done += 1
+                        if progress is not None:
+                            progress(done, len(zs))
+                    stats.decoder_s += time.perf_counter() - td
+                    del emb
+        except (ConfigError, UnavailableError):
+            raise
+        except RuntimeError as e:
+            raise BackendError(f"medsam failed on {self.device}: {e}") from e
+        out = [_assemble(acc, union_box(boxes), shape)
+               for acc, boxes in zip(accs, lesion_slice_boxes)]
+        stats.wall_s = time.perf_counter() - t0
+        self.last_stats = stats
+        log.info("medsam: %d lesion(s), %d box(es) on %d slice(s), encoder %.1f s, "
+                 "decoder %.1f s", len(lesion_slice_boxes), stats.boxes, stats.slices,
+                 stats.encoder_s, stats.decoder_s)
+        return out
+
+
+def _save_embedding(path: Path, arr: npt.NDArray[Any]) -> None:
+    """Atomic ``np.save`` (a crash never leaves a half-written cache file)."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.ascontiguousarray(arr))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def slice_boxes_of(box: Box3D) -> list[Box3D]:
+    """A 3-D box as 2-D boxes with its in-plane extent on each slice ``z0 .. z1 - 1``."""
+    return [Box3D(z, z + 1, box.y0, box.y1, box.x0, box.x1, z, score=box.score,
+                  source=box.source, from_person=box.from_person)
+            for z in range(box.z0, box.z1)]
+
+
+def union_box(boxes: Sequence[Box3D]) -> Box3D:
+    """The 3-D box around a lesion's 2-D boxes; its key slice is that of the largest box."""
+    key = max(boxes, key=lambda b: ((b.y1 - b.y0) * (b.x1 - b.x0), -b.z0))
+    return Box3D(min(b.z0 for b in boxes), max(b.z1 for b in boxes),
+                 min(b.y0 for b in boxes), max(b.y1 for b in boxes),
+                 min(b.x0 for b in boxes), max(b.x1 for b in boxes), key.z0,
+                 score=max(b.score for b in boxes), source=key.source,
+                 from_person=any(b.from_person for b in boxes))
+
+
+def _resolve_slice(z: int, owners: Sequence[tuple[int, Box3D]],
+                   scores: npt.NDArray[np.float32], thr: float, accs: list[_LesionAcc]) -> None:
+    """Join one slice's box scores per lesion (maximum), give each pixel claimed by several
+    lesions to the highest score, and store each lesion's mask crop."""
+    lesions = sorted({i for i, _ in owners})
+    per = np.stack([np.max(scores[[k for k, (i, _) in enumerate(owners) if i == les]], axis=0)
+                    for les in lesions])
+    pos = per > thr
+    if len(lesions) > 1:
+        best = np.argmax(np.where(pos, per, -np.inf), axis=0)
+        pos &= best[None] == np.arange(len(lesions))[:, None, None]
+    for j, les in enumerate(lesions):
+        m = pos[j]
+        if not m.any():
+            continue
+        ys, xs = np.nonzero(m)
+        bb = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
+        accs[les].slices[z] = (bb, m[bb[0]:bb[1], bb[2]:bb[3]].copy())
+
+
+def _assemble(acc: _LesionAcc, box: Box3D, shape: tuple[int, int, int]) -> LesionMask:
+    """Stack a lesion's slice crops into one cropped 3-D mask (the union; empty allowed)."""
+    if not acc.slices:
+        return LesionMask(np.zeros((1, 1, 1), bool), (0, 0, 0), shape, box, box.score)
+    zs = sorted(acc.slices)
+    y0 = min(v[0][0] for v in acc.slices.values())
+    y1 = max(v[0][1] for v in acc.slices.values())
+    x0 = min(v[0][2] for v in acc.slices.values())
+    x1 = max(v[0][3] for v in acc.slices.values())
+    crop = np.zeros((zs[-1] - zs[0] + 1, y1 - y0, x1 - x0), dtype=bool)
+    for z, ((a, b, c, d), m) in acc.slices.items():
+        crop[z - zs[0], a - y0:b - y0, c - x0:d - x0] = m
+    return LesionMask(crop, (zs[0], y0, x0), shape, box, box.score)
+
+
+def create(settings: Settings) -> MedSAMSegmenter:
+    """Registry factory: ``.segment.medsam:create``."""
+    try:
+        import segment_anything  # noqa: F401
+    except ImportError as e:  # pragma: no cover - registry checks find_spec first
+        raise UnavailableError(f"the medsam segmenter needs the Python package "
+                               f"segment-anything ({e})") from e
+    return MedSAMSegmenter(settings)
