@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_bench_runner import make_pairs
 
 from autoprompt_seg.cli import main
+from test_bench_runner import make_pairs
 
 
 @pytest.fixture(scope="module")

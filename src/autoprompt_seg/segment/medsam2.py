@@ -549,16 +549,28 @@ class CheckpointChoice:
     path: Path
     name: str  # manifest name when known, else the file name
     sha256: str
-    trained: bool  # sha256 is a known value from the manifest
+    trained: bool  # a known release (manifest sha256) or trained here (training record)
+    provenance: str = ""  # how ``trained`` was established (empty when untrained)
+    training: Mapping[str, Any] | None = None  # the training record, when trained here
+
+
+def training_provenance(record: Mapping[str, Any]) -> str:
+    """``"trained here: medsam2, N case(s), E epoch(s), data <hash>"`` for a training
+    record written by :mod:`autoprompt_seg.train`."""
+    n = record.get("n_cases", len(record.get("cases", []) or []))
+    return (f"trained here: {record.get('model', NAME)}, {n} case(s), "
+            f"{record.get('epochs', '?')} epoch(s), data {record.get('data_hash', '?')}")
 
 
 def resolve_checkpoint(settings: Settings, options: MedSAM2Options) -> CheckpointChoice:
     """Find the checkpoint: a file path, or a manifest name installed in the weights folder.
 
-    ``trained`` is true only when the file's sha256 equals a known (non-empty) sha256 of a
-    MedSAM2 entry in the manifest.
+    ``trained`` is true when the file's sha256 equals a known (non-empty) sha256 of a
+    MedSAM2 entry in the manifest (a published release), or when the file has a valid
+    training record of a ``medsam2`` run beside it (:func:`autoprompt_seg.weights.
+    training_record`: trained here, never reported as a release).
     """
-    from ..weights import installed_path, load_manifest, sha256_file
+    from ..weights import installed_path, load_manifest, sha256_file, training_record
 
     manifest = load_manifest()
     ref = options.checkpoint
@@ -583,7 +595,17 @@ def resolve_checkpoint(settings: Settings, options: MedSAM2Options) -> Checkpoin
     known = {e.sha256.lower(): e.name for e in manifest.values()
              if e.sha256 and e.architecture == ARCHITECTURE}
     name = known.get(sha, ref if ref in manifest else p.name)
-    return CheckpointChoice(path=p, name=name, sha256=sha, trained=sha in known)
+    if sha in known:
+        return CheckpointChoice(path=p, name=name, sha256=sha, trained=True,
+                                provenance=f"{name} (sha256 matches the weights manifest)")
+    rec = training_record(p)
+    if rec is not None and rec.get("model") == NAME:
+        return CheckpointChoice(path=p, name=name, sha256=sha, trained=True,
+                                provenance=training_provenance(rec), training=rec)
+    if rec is not None:
+        log.warning("%s: its training record is of model %r, not %s; ignored", p,
+                    rec.get("model"), NAME)
+    return CheckpointChoice(path=p, name=name, sha256=sha, trained=False)
 
 
 # --------------------------------------------------------------------------- segmenter
@@ -665,7 +687,13 @@ class MedSAM2Segmenter:
             details["note"] = UNTRAINED_NOTE
             details["provenance"] = "untrained test checkpoint"
         else:
-            details["provenance"] = f"{c.name} (sha256 matches the weights manifest)"
+            details["provenance"] = c.provenance
+        if c.training is not None:
+            details["training"] = {k: c.training.get(k) for k in (
+                "config_hash", "data_hash", "n_cases", "epochs", "final_loss", "created")}
+            base = c.training.get("base_checkpoint")
+            if isinstance(base, Mapping):
+                details["training"]["base_checkpoint"] = base.get("name")
         return BackendInfo(name=NAME, kind="segmenter", version=f"sam2 {sam2_version()}",
                            family="Artificial Intelligence", checkpoint=c.name,
                            checkpoint_sha256=c.sha256, trained=c.trained, details=details)
