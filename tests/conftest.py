@@ -37,10 +37,17 @@ def pat4_dir(pycerr_root: Path) -> Path:
 
 
 def tool(name: str) -> str:
-    """Path of a command-line tool, or skip (outside CI) when it is not installed."""
-    path = shutil.which(name)
+    """Path of a command-line tool, or skip (outside CI) when it is not installed.
+
+    System tools come first: pynetdicom installs Python ``storescu``/``echoscu`` apps into
+    the virtual environment, which must not shadow dcmtk's when the venv is activated.
+    Tools that only exist in the venv (dcmqi's) are found there."""
+    here = Path(sys.executable).parent
+    system_path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                                  if p and Path(p).resolve() != here.resolve())
+    path = shutil.which(name, path=system_path)
     if path is None:
-        venv_bin = Path(sys.executable).parent / name
+        venv_bin = here / name
         if venv_bin.exists():
             return str(venv_bin)
         if os.environ.get("CI"):
