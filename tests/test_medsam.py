@@ -375,8 +375,10 @@ def test_decoder_training_lowers_the_loss_and_beats_the_untrained_model(
         (res.run_dir / "loss.jsonl").read_text().splitlines()) + "]") if r["kind"] == "epoch"]
     assert len(epochs) == 8
     assert epochs[-1]["loss"] < 0.8 * epochs[0]["loss"], epochs
-    rec = training_record(res.checkpoint)
+    assert training_record(res.checkpoint) is None  # fine-tuned from a random base
+    rec = training_record(res.checkpoint, require_trained_base=False)
     assert rec is not None and rec["model"] == "medsam" and rec["epochs"] == 8
+    assert rec["base_trained"] is False
     assert rec["items"] == 4 and rec["slices"] == 1 and rec["trained"] == "mask_decoder"
     assert rec["preprocess"] == "medsam" and rec["window"] == [-600.0, 1500.0]
     assert len(list(trained["cache"].glob("*.npy"))) == 1  # one slice, encoded once
@@ -384,8 +386,8 @@ def test_decoder_training_lowers_the_loss_and_beats_the_untrained_model(
     base = M.create(_settings(tmp_path, checkpoint=str(medsam_checkpoint)))
     ft = M.create(_settings(tmp_path, checkpoint=str(res.checkpoint)))
     info = ft.info()
-    assert info.trained is True
-    assert info.details["provenance"].startswith("trained here: medsam, 1 case(s), 8 epoch(s)")
+    # trained from random test weights: never reported as a trained model
+    assert info.trained is False and info.details["provenance"] == "untrained test checkpoint"
     # the full SAM state dict: frozen encoders unchanged, the decoder changed
     sd_base, sd_ft = base.model.state_dict(), ft.model.state_dict()
     assert sd_base.keys() == sd_ft.keys()

@@ -86,14 +86,18 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 TRAINING_RECORD_SUFFIX = ".train.json"
 
 
-def training_record(checkpoint: str | os.PathLike[str]) -> dict[str, Any] | None:
+def training_record(checkpoint: str | os.PathLike[str], *,
+                    require_trained_base: bool = True) -> dict[str, Any] | None:
     """The record ``autoseg`` training wrote beside ``checkpoint`` (``<file>.train.json``),
     when its ``sha256`` matches the file; else None.
 
     A checkpoint with such a record was trained here (by :mod:`autoprompt_seg.train`), so
     backends report it as trained, with the record's paradigm, cases and epochs as
     provenance, and never as a published release. ``checkpoint`` may be a folder (an
-    nnU-Net model folder; its :func:`sha256_path`).
+    nnU-Net model folder; its :func:`sha256_path`). A model fine-tuned from an untrained
+    test checkpoint (``base_trained: false`` or ``base_checkpoint.trained: false`` in the
+    record) gets None: training a few steps on random weights never makes a trained model
+    (``require_trained_base=False`` returns its record anyway, for inspection).
     """
     p = Path(checkpoint)
     side = p.with_name(p.name + TRAINING_RECORD_SUFFIX)
@@ -106,6 +110,12 @@ def training_record(checkpoint: str | os.PathLike[str]) -> dict[str, Any] | None
         return None
     if not isinstance(rec, dict) or rec.get("sha256") != sha256_path(p):
         log.warning("%s: its sha256 does not match %s; the record is ignored", side, p.name)
+        return None
+    base = rec.get("base_checkpoint")
+    if require_trained_base and (rec.get("base_trained") is False or (isinstance(base, dict)
+                                                and base.get("trained") is False)):
+        log.warning("%s was fine-tuned from an untrained test checkpoint: it is reported as "
+                    "untrained", p.name)
         return None
     return rec
 

@@ -462,7 +462,13 @@ def train(cfg: TrainConfig, cases: Sequence[Case], run: RunDir, *, settings: Set
         final_loss = float(rows[-1]["loss"]) if rows else float("nan")
     sam.eval()
     sd = {k: v.detach().cpu() for k, v in sam.state_dict().items()}
+    from ..weights import load_manifest, training_record
+
+    known = {e.sha256.lower() for e in load_manifest().values() if e.sha256}
+    base_trained = bool(base_sha) and (base_sha in known or (
+        init_checkpoint is not None and training_record(init_checkpoint) is not None))
     extra = {"base_checkpoint": base_desc, "base_sha256": base_sha, "base_encoder": fp,
+             "base_trained": base_trained,
              "preprocess": o.preprocess, "window": list(o.window), "trained": "mask_decoder",
              "trainable_params": int(sum(p.numel() for p in dec.parameters())),
              "items": len(items), "slices": prep.slices, "encoded_this_session": prep.encoded,
