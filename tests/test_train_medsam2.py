@@ -273,7 +273,7 @@ def test_tiny_run_lowers_its_loss(tiny_run: dict[str, Any]) -> None:
     assert tiny_run["result"].final_loss == pytest.approx(np.mean([r["loss"] for r in last]))
 
 
-def test_trained_checkpoint_is_medsam2_format_and_reported_trained_here(
+def test_trained_checkpoint_is_medsam2_format_and_its_random_base_is_disclosed(
         tiny_run: dict[str, Any], medsam2_checkpoint: Path) -> None:
     from autoprompt_seg.weights import sha256_file, training_record
 
