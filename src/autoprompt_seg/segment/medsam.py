@@ -56,7 +56,6 @@ indices, as MedSAM builds boxes from masks (minimum and maximum pixel index).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -182,24 +181,10 @@ class MedSAMOptions:
 # --------------------------------------------------------------------------- device
 
 
-def use_bf16(device: str, bf16: bool = True) -> bool:
-    """bf16 autocast is used on CUDA only (and only when asked for)."""
-    return device == "cuda" and bf16
-
-
-def encoder_autocast(device: str, bf16: bool = True) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast("cuda", bfloat16)`` on CUDA; a no-op on the CPU (float32)."""
-    if not use_bf16(device, bf16):
-        return contextlib.nullcontext()
-    import torch
-
-    return torch.autocast("cuda", dtype=torch.bfloat16)
-
-
-def default_encoder_batch(device: str) -> int:
-    """1 on the CPU (ViT-B's global attention makes batches no faster there), 8 on CUDA."""
-    return 8 if device == "cuda" else 1
-
+# The SAM family shares MedSAM2's device rules: bf16 autocast on CUDA only, encoder
+# batch 1 on the CPU (ViT-B's global attention makes batches no faster there), 8 on CUDA.
+from .medsam2 import autocast_context as encoder_autocast  # noqa: E402
+from .medsam2 import default_encoder_batch, use_bf16  # noqa: E402,F401
 
 # --------------------------------------------------------------------------- preprocessing
 
@@ -641,7 +626,7 @@ class MedSAMSegmenter:
                 found[i] = new[j]
                 slot = keys[i]
                 if cache is not None and slot is not None:
-                    _save_embedding(cache / f"{slot}.npy", new[j].cpu().numpy())
+                    save_embedding(cache / f"{slot}.npy", new[j].cpu().numpy())
         return torch.stack([found[i] for i in range(len(preps))])
 
     def segment_slices(self, volume: Volume, lesion_slice_boxes: Sequence[Sequence[Box3D]],
@@ -706,20 +691,12 @@ class MedSAMSegmenter:
         return out
 
 
-def _save_embedding(path: Path, arr: npt.NDArray[Any]) -> None:
+def save_embedding(path: Path, arr: npt.NDArray[Any]) -> None:
     """Atomic ``np.save`` (a crash never leaves a half-written cache file)."""
-    import os
-    import tempfile
+    from ..train.core import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.ascontiguousarray(arr))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, lambda f: np.save(f, np.ascontiguousarray(arr)))
 
 
 def slice_boxes_of(box: Box3D) -> list[Box3D]:

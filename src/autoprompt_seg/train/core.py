@@ -126,7 +126,9 @@ def data_hash(cases: Sequence[Any]) -> str:
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:12]
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+    """Write ``path`` through ``write(binary file)`` atomically: a temporary file in the
+    same folder, fsynced, then renamed (a crash never leaves a half-written file)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -139,8 +141,8 @@ def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
         raise
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 class RunDir:
@@ -169,7 +171,7 @@ class RunDir:
                     f"this one is {cfg.model}, config {self.config_hash}, data "
                     f"{self.data_hash}: use another folder")
         else:
-            _atomic_write_text(ident, json.dumps({**mine, "config": cfg.to_dict(),
+            atomic_write_text(ident, json.dumps({**mine, "config": cfg.to_dict(),
                                                   "cases": self.case_ids}, indent=2,
                                                  default=str) + "\n")
 
@@ -228,7 +230,7 @@ class RunDir:
               "epoch": int(epoch), "config_hash": self.config_hash,
               "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                       "torch": torch.get_rng_state()}, **extra}
-        _atomic_write_bytes(self.path / STATE_FILE, lambda f: torch.save(st, f))
+        atomic_write_bytes(self.path / STATE_FILE, lambda f: torch.save(st, f))
 
     # ------------------------------------------------------------------ logging
     def log(self, **row: Any) -> None:
@@ -264,7 +266,7 @@ class RunDir:
         if save is not None:
             save(checkpoint_obj, ck)
         else:
-            _atomic_write_bytes(ck, lambda f: torch.save(checkpoint_obj, f))
+            atomic_write_bytes(ck, lambda f: torch.save(checkpoint_obj, f))
         sha = sha256_path(ck)
         rec = {"model": self.cfg.model, "file": filename, "sha256": sha,
                "epochs": int(epochs), "final_loss": float(final_loss),
@@ -274,8 +276,8 @@ class RunDir:
                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                **dict(extra or {})}
         text = json.dumps(rec, indent=2, default=str) + "\n"
-        _atomic_write_text(ck.with_name(ck.name + TRAINING_RECORD_SUFFIX), text)
-        _atomic_write_text(self.path / DONE_FILE, text)
+        atomic_write_text(ck.with_name(ck.name + TRAINING_RECORD_SUFFIX), text)
+        atomic_write_text(self.path / DONE_FILE, text)
         return self._result(ck, rec)
 
     def _result(self, ck: Path, rec: Mapping[str, Any]) -> TrainResult:

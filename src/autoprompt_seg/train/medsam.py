@@ -66,7 +66,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -192,17 +191,6 @@ def _lesion_slices(mask3d: npt.NDArray[np.bool_], min_pixels: int, max_per_lesio
     return out
 
 
-def _save_npy(path: Path, arr: npt.NDArray[Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class PrepStats:
     slices: int = 0
@@ -267,7 +255,7 @@ def _encode(sam: Any, todo: Sequence[tuple[str, M.Prepared]], o: MedSAMTrainOpti
             emb = sam.image_encoder(x)
         emb = emb.float().cpu().numpy()
     for (key, _), e in zip(todo, emb):
-        _save_npy(cache / f"{key}.npy", np.ascontiguousarray(e))
+        M.save_embedding(cache / f"{key}.npy", e)
     stats.encoded += len(todo)
     stats.encoder_s += time.perf_counter() - t0
 

@@ -104,7 +104,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -117,7 +116,16 @@ import numpy.typing as npt
 
 from ..config import Settings, resolve_device
 from ..errors import BackendError, ConfigError, InputError
-from .core import LOSS_FILE, RunDir, TrainConfig, TrainProgress, TrainResult, seed_everything
+from .core import (
+    LOSS_FILE,
+    RunDir,
+    TrainConfig,
+    TrainProgress,
+    TrainResult,
+    atomic_write_bytes,
+    atomic_write_text,
+    seed_everything,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -368,28 +376,7 @@ def _case_key(case_id: str) -> str:
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# --------------------------------------------------------------------------- feature store
+    atomic_write_bytes(path, lambda f: torch.save(obj, f))
 
 
 def frozen_encoder_hash(model: Any) -> str:
@@ -461,7 +448,7 @@ class FeatureStore:
                          "clearing them", self.root)
                 shutil.rmtree(self.root)
                 self.root.mkdir(parents=True)
-        _atomic_text(mp, json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(mp, json.dumps(meta, indent=2) + "\n")
         pp = self.root / "pos_enc.pt"
         if pp.is_file():
             self.pos_enc = torch.load(pp, map_location="cpu", weights_only=True)
@@ -522,7 +509,7 @@ class FeatureStore:
                             self.size)
             lesions.append(Lesion(lb, boxes, ext, anchors))
         idx = CaseIndex(case.case_id, key, (nz, h, w), tuple(lesions), tuple(slices), clip_len)
-        _atomic_text(ip, json.dumps(idx.to_dict()) + "\n")
+        atomic_write_text(ip, json.dumps(idx.to_dict()) + "\n")
         return idx
 
     @staticmethod
@@ -769,7 +756,7 @@ def _check_identity(run: RunDir, ident: Mapping[str, Any]) -> None:
             raise ConfigError(f"training folder {run.path} holds a medsam2 run from other base "
                               f"weights or another window ({theirs}); this one is {mine}: use "
                               f"another folder")
-    _atomic_text(p, json.dumps(mine, indent=2) + "\n")
+    atomic_write_text(p, json.dumps(mine, indent=2) + "\n")
 
 
 def _truncate_log(run: RunDir, epochs_done: int) -> None:
@@ -780,7 +767,7 @@ def _truncate_log(run: RunDir, epochs_done: int) -> None:
     rows = run.losses()
     keep = [r for r in rows if int(r.get("epoch", 0)) <= epochs_done]
     if len(keep) != len(rows):
-        _atomic_text(p, "".join(json.dumps(r, default=float) + "\n" for r in keep))
+        atomic_write_text(p, "".join(json.dumps(r, default=float) + "\n" for r in keep))
 
 
 class _Batcher:
