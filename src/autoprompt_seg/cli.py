@@ -173,12 +173,20 @@ def backend_options(f: F) -> F:
                           "default)."),
         click.option("--checkpoint", "medsam2_checkpoint", default=None,
                      help="Weights of the segmenter: a weights name from `autoseg weights "
-                          "list` or a file (medsam2 default MedSAM2_latest, medsam default "
+                          "list` or a file (medsam2 default MedSAM2_latest, sam2 default "
+                          "sam2.1_hiera_tiny, medsam default "
                           "medsam_vit_b; unet/deeplabv3: a file from `autoseg train`; "
                           "nnunet: a model folder)."),
         click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
                      envvar="AUTOSEG_WEIGHTS_DIR",
                      help="Folder of installed weights [env AUTOSEG_WEIGHTS_DIR]."),
+        click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=0.5,
+                     show_default=True,
+                     help="Operating point: segment only automatic boxes whose calibrated "
+                          "confidence is at least this; the others are listed in report.json "
+                          "as 'not segmented' (promote one with --prompts)."),
+        click.option("--max-lesions", type=click.IntRange(min=1), default=5, show_default=True,
+                     help="Segment at most this many automatic boxes (best first)."),
         click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
                      default="autoseg-output", show_default=True, help="Output folder."),
         click.option("--json", "as_json", is_flag=True,
@@ -191,7 +199,9 @@ def backend_options(f: F) -> F:
 
 def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, device: str,
                  threads: int, prompts: str | None, prompts_from: str | None, roi_name: str,
-                 detector_model: str | None, tta: bool, medsam2_checkpoint: str | None, weights_dir: str | None, out_dir: str, as_json: bool,
+                 detector_model: str | None, tta: bool, medsam2_checkpoint: str | None,
+                 weights_dir: str | None, out_dir: str, as_json: bool,
+                 min_score: float = 0.5, max_lesions: int = 5,
                  series: str | None = None) -> None:
     from .predict import predict_path
 
@@ -220,7 +230,8 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
         options["prompts"] = prompts
     if prompts_from:
         options["prompts_from"] = prompts_from
-    settings = _settings(device, threads, weights_dir, options)
+    settings = _settings(device, threads, weights_dir, options).with_(
+        min_score=min_score, max_lesions=max_lesions)
     show = not (ctx.quiet or as_json)
     if show:
         _stderr().print(f"[bold]autoseg[/] {study} -> {out_dir}  "
@@ -245,8 +256,12 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
     else:
         vml = pred.volume.voxel_volume_ml
         for i, les in enumerate(pred.lesions, 1):
+            conf = "manual prompt" if les.box.from_person else f"confidence {les.box.score:.2f}"
             con.print(f"  Lung tumour {i}: {les.voxel_count * vml:.1f} ml, key slice "
-                      f"{les.box.key_slice}, score {les.score:.2f}")
+                      f"{les.box.key_slice}, {conf}")
+    if pred.not_segmented:
+        con.print(f"  {len(pred.not_segmented)} candidate(s) below the operating point "
+                  "(listed in report.json, not segmented)")
     for _name, p in sorted(res.outputs.items()):
         click.echo(str(p))
 

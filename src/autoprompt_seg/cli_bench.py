@@ -43,7 +43,7 @@ def bench() -> None:
 _METHOD_OPTIONS = ("dataset", "dataset_path", "roi", "detector", "segmenter",
                    "prompt_protocol", "k", "jitter_shift", "jitter_scale", "seed",
                    "match_dice", "cases", "splits_file", "split_name", "checkpoint", "no_masks",
-                   "no_cost", "cost_repeats")
+                   "no_cost", "cost_repeats", "min_score", "max_lesions")
 
 
 @bench.command("run", epilog=EXIT_HELP)
@@ -74,6 +74,11 @@ _METHOD_OPTIONS = ("dataset", "dataset_path", "roi", "detector", "segmenter",
 @click.option("--match-dice", default=0.1, show_default=True, type=float,
               help="Lesion match rule: a predicted and a GT lesion match when their pairwise "
                    "Dice exceeds this (0 = any overlap).")
+@click.option("--min-score", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Operating point: automatic boxes below this calibrated confidence are "
+                   "not segmented.")
+@click.option("--max-lesions", default=5, show_default=True, type=click.IntRange(min=1),
+              help="At most this many automatic boxes segmented per case (best first).")
 @click.option("--case", "cases", multiple=True, help="Evaluate only this case id "
               "(repeatable).")
 @click.option("--splits", "splits_file", type=click.Path(exists=True, dir_okay=False),
@@ -109,7 +114,7 @@ def run_cmd(ctx: click.Context, config: str | None, dataset: str, dataset_path: 
             prompt_protocol: str, k: int, jitter_shift: float, jitter_scale: float, seed: int,
             match_dice: float, cases: tuple[str, ...], splits_file: str | None,
             split_name: str | None, no_masks: bool, no_cost: bool, cost_repeats: int,
-            no_overlays: bool, executor: str | None, scheduler: str | None,
+            min_score: float, max_lesions: int, no_overlays: bool, executor: str | None, scheduler: str | None,
             workers: int | None, device: str | None, threads: int | None,
             weights_dir: str | None, out_dir: str | None) -> None:
     """Evaluate segmenters on a dataset: one method from the options, or a whole study
@@ -182,7 +187,8 @@ def run_cmd(ctx: click.Context, config: str | None, dataset: str, dataset_path: 
                       segmenter=segmenter, protocol=prompt_protocol, k=k,
                       jitter_shift=jitter_shift, jitter_scale=jitter_scale, seed=seed,
                       match_dice=match_dice, cases=cases, options=options,
-                      measure_cost=not no_cost, cost_repeats=cost_repeats)
+                      measure_cost=not no_cost, cost_repeats=cost_repeats,
+                      min_score=min_score, max_lesions=max_lesions)
     settings = Settings(device=device or "auto", threads=threads or 0,
                         weights_dir=Path(weights_dir) if weights_dir else default_weights_dir(),
                         options=options)

@@ -69,6 +69,10 @@ def _load_config(config_file: str | None, **flags: Any) -> Any:
                    "[default: 512]")
 @click.option("--detector", default=None, help="Box proposer (as in predict).")
 @click.option("--segmenter", default=None, help="Segmenter (as in predict).")
+@click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Operating point (as in predict).  [default: 0.5]")
+@click.option("--max-lesions", type=click.IntRange(min=1), default=None,
+              help="At most this many automatic lesions per study.  [default: 5]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="Where neural backends run.  [default: auto]")
 @click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
@@ -80,6 +84,7 @@ def listen(aet: str | None, host: str | None, port: int | None, spool: str | Non
            dest: tuple[str, ...], allow: tuple[str, ...], workers: int | None,
            quiet_period: float | None, max_associations: int | None,
            min_free_mb: float | None, detector: str | None, segmenter: str | None,
+           min_score: float | None, max_lesions: int | None,
            device: str | None, weights_dir: str | None, config_file: str | None,
            quiet_log: bool) -> None:
     """Run a DICOM node that segments every CT study it receives and sends the SEG on.
@@ -106,6 +111,7 @@ def listen(aet: str | None, host: str | None, port: int | None, spool: str | Non
                        dest=list(dest) or None, allow=list(allow) or None, workers=workers,
                        quiet_period=quiet_period, max_associations=max_associations,
                        min_free_mb=min_free_mb, detector=detector, segmenter=segmenter,
+                       min_score=min_score, max_lesions=max_lesions,
                        device=device, weights_dir=weights_dir)
     from . import registry
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .types import OperatingPoint
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -44,14 +45,25 @@ class Settings:
     weights_dir: Path = field(default_factory=default_weights_dir)
     cache_dir: Path = field(default_factory=default_cache_dir)
     options: dict[str, Any] = field(default_factory=dict)  # backend-specific, validated there
+    #: the operating point: automatic boxes below ``min_score`` or beyond ``max_lesions``
+    #: are reported as "not segmented" (see :class:`~autoprompt_seg.types.OperatingPoint`)
+    min_score: float = 0.5
+    max_lesions: int = 5
 
     def __post_init__(self) -> None:
+        try:
+            self.operating_point()
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
         if self.device not in DEVICES:
             raise ConfigError(f"Argument 'device' must be one of {', '.join(DEVICES)}; "
                               f"got {self.device!r}")
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ConfigError(f"Argument 'threads' must be a non-negative integer; "
                               f"got {self.threads!r}")
+
+    def operating_point(self) -> OperatingPoint:
+        return OperatingPoint(min_score=self.min_score, max_lesions=self.max_lesions)
 
     def with_(self, **kw: Any) -> Settings:
         return replace(self, **kw)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from .backends import Detector, ProgressFn, Segmenter, is_promptable
 from .errors import AutosegError, BackendError, ConfigError
-from .types import Box3D, LesionMask, Prediction, Volume
+from .types import Box3D, LesionMask, OperatingPoint, Prediction, Volume
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,16 @@ def split_components(lesion: LesionMask) -> list[LesionMask]:
 
 def run(volume: Volume, detector: Detector, segmenter: Segmenter,
         stage_progress: StageProgress | None = None, *,
-        segment_fn: SegmentFn | None = None) -> Prediction:
+        segment_fn: SegmentFn | None = None,
+        operating_point: OperatingPoint | None = None) -> Prediction:
     """Run one study through a detector and a segmenter.
 
     ``segment_fn`` (see :data:`SegmentFn`) replaces the call to ``segmenter.segment``;
     timings, checks and the dropping of empty masks stay the same.
+
+    ``operating_point`` (default :class:`OperatingPoint`'s) picks which automatic boxes
+    are segmented; the others go to ``Prediction.not_segmented``. Prompt-free runs
+    (detector ``none``) are not filtered.
 
     Lesions whose mask comes back empty are dropped with a warning. Backend exceptions
     that are not :class:`AutosegError` are wrapped in :class:`BackendError`.
@@ -86,6 +91,12 @@ def run(volume: Volume, detector: Detector, segmenter: Segmenter,
             raise BackendError(f"detector {det_info.name!r} returned a box {b.to_dict()} "
                                f"outside the volume {volume.shape}")
     log.info("%s proposed %d box(es)", det_info.name, len(boxes))
+    below: list[Box3D] = []
+    op = None if no_prompt else (operating_point or OperatingPoint())
+    if op is not None:
+        boxes, below = op.split(boxes)
+        if below:
+            log.info("%d box(es) below the operating point are not segmented", len(below))
 
     t0 = time.perf_counter()
     lesions = []
@@ -114,4 +125,5 @@ def run(volume: Volume, detector: Detector, segmenter: Segmenter,
                 lesions.append(m)
     timings["segment_s"] = time.perf_counter() - t0
     return Prediction(volume=volume, lesions=tuple(lesions), detector=det_info,
-                      segmenter=seg_info, timings=timings, warnings=tuple(warnings))
+                      segmenter=seg_info, timings=timings, warnings=tuple(warnings),
+                      not_segmented=tuple(below), operating_point=op)

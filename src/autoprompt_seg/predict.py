@@ -81,14 +81,16 @@ def predict_path(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
     t_load = time.perf_counter() - t0
     det = det_spec.create(settings)
     seg = seg_spec.create(settings)
-    pred = run(volume, det, seg, stage_progress)
+    pred = run(volume, det, seg, stage_progress, operating_point=settings.operating_point())
     timings = {"load_s": t_load, **pred.timings}
     warnings = list(pred.warnings)
     if not volume.has_dicom_sources:
         warnings.append(f"input is {volume.source_format}: no DICOM-SEG can be made without "
                         "DICOM sources; NIfTI output only")
     pred = Prediction(volume=pred.volume, lesions=pred.lesions, detector=pred.detector,
-                      segmenter=pred.segmenter, timings=timings, warnings=tuple(warnings))
+                      segmenter=pred.segmenter, timings=timings, warnings=tuple(warnings),
+                      not_segmented=pred.not_segmented,
+                      operating_point=pred.operating_point)
     from .export.writer import write_outputs
 
     t0 = time.perf_counter()

@@ -237,7 +237,7 @@ def transplant(background: Volume, lesions: Sequence[tuple[LesionSource, str, fl
     # where a lesion may be written: lung-like voxels, or inside the coarse lung (vessels)
     lung_full = np.repeat(np.repeat(np.repeat(
         ndi.binary_closing(lmap.lung, iterations=2), f[0], 0), f[1], 1), f[2], 2)
-    pad = [(0, s - l) for s, l in zip(background.shape, lung_full.shape, strict=True)]
+    pad = [(0, s - n) for s, n in zip(background.shape, lung_full.shape, strict=True)]
     lung_full = np.pad(lung_full, pad)
     writable = lung_full | (background.array < -300)
     taken = np.zeros_like(lmap.lung)

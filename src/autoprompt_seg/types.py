@@ -15,7 +15,7 @@ Conventions
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,6 +250,32 @@ class BackendInfo:
                 "details": dict(self.details)}
 
 
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Which automatic boxes are segmented: those scoring at least ``min_score`` (a
+    calibrated confidence in 0..1), best first, at most ``max_lesions`` of them. Boxes a
+    person drew (``from_person``) are always segmented."""
+
+    min_score: float = 0.5
+    max_lesions: int = 5
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.min_score, (int, float)) and not isinstance(self.min_score, bool)
+               and 0.0 <= float(self.min_score) <= 1.0, "min_score", self.min_score,
+               "must be a number in 0..1")
+        _check(isinstance(self.max_lesions, int) and not isinstance(self.max_lesions, bool)
+               and self.max_lesions >= 1, "max_lesions", self.max_lesions,
+               "must be an integer >= 1")
+
+    def split(self, boxes: Sequence[Box3D]) -> tuple[list[Box3D], list[Box3D]]:
+        """(boxes to segment, boxes below the operating point), each best score first."""
+        manual = [b for b in boxes if b.from_person]
+        auto = sorted((b for b in boxes if not b.from_person), key=lambda b: -b.score)
+        keep = [b for b in auto if b.score >= self.min_score][:self.max_lesions]
+        kept = {id(b) for b in keep}
+        return manual + keep, [b for b in auto if id(b) not in kept]
+
+
 @dataclass(frozen=True, eq=False)
 class Prediction:
     """The pipeline's result: lesions (label i+1 for ``lesions[i]``) and provenance."""
@@ -260,8 +286,13 @@ class Prediction:
     segmenter: BackendInfo
     timings: Mapping[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    #: automatic candidates below the operating point: listed in the report, not segmented
+    not_segmented: tuple[Box3D, ...] = ()
+    #: the operating point that chose the lesions (None: every box was segmented)
+    operating_point: OperatingPoint | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "not_segmented", tuple(self.not_segmented))
         for i, les in enumerate(self.lesions):
             _check(les.volume_shape == self.volume.shape, f"lesions[{i}]", les.volume_shape,
                    f"must match the volume shape {self.volume.shape}")

@@ -68,7 +68,7 @@ from .. import registry
 from ..backends import is_promptable
 from ..config import Settings
 from ..errors import AutosegError, ConfigError, InputError
-from ..types import BackendInfo, Box3D, LesionMask, Prediction, Volume
+from ..types import BackendInfo, Box3D, LesionMask, OperatingPoint, Prediction, Volume
 from . import datasets as ds
 from .cost import measure, peak_rss_mb
 from .executor import (
@@ -148,10 +148,17 @@ class BenchConfig:
     shots: int = 0
     train_hash: str = ""
     train_cases: int = 0
+    min_score: float = 0.5  # operating point for automatic boxes (see OperatingPoint)
+    max_lesions: int = 5
     measure_cost: bool = True
     cost_repeats: int = 3
 
     def __post_init__(self) -> None:
+        try:
+            self.operating_point()
+        except ValueError as e:
+            raise ConfigError(str(e).replace("Argument 'min_score'", "--min-score").replace(
+                "Argument 'max_lesions'", "--max-lesions")) from e
         if self.dataset not in ds.DATASETS:
             raise ConfigError(f"--dataset must be one of {', '.join(ds.DATASETS)}; got "
                               f"{self.dataset!r}")
@@ -211,6 +218,9 @@ class BenchConfig:
     @property
     def manual(self) -> bool:
         return self.detector == MANUAL_DETECTOR
+
+    def operating_point(self) -> OperatingPoint:
+        return OperatingPoint(min_score=self.min_score, max_lesions=self.max_lesions)
 
     def config_hash(self) -> str:
         """12 hex digits of the SHA-256 of the result-relevant fields (``cases``,
@@ -400,7 +410,8 @@ def predict(volume: Volume, gt: npt.NDArray[np.bool_], case_id: str, config: Ben
     det = bk.detector
     counts: dict[str, Any] = {"n_prompt_boxes": None, "n_slice_boxes": None}
     if not isinstance(det, GTPromptDetector):
-        return pipeline.run(volume, det, bk.segmenter), counts
+        return pipeline.run(volume, det, bk.segmenter,
+                            operating_point=config.operating_point()), counts
     det.mask = gt
     det.seed = case_seed(config.seed, case_id)
     if config.protocol not in MULTI_BOX_PROTOCOLS:

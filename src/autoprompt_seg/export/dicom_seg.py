@@ -79,7 +79,29 @@ def _algorithm_family(family: str) -> Any:
 
 
 def _checkpoint_state(info: BackendInfo) -> str:
-    return "trained" if info.trained else "untrained test checkpoint"
+    """The checkpoint's provenance state (weights.checkpoint_provenance) where the backend
+    gives one, else trained / untrained test checkpoint."""
+    if not info.trained:
+        return "untrained test checkpoint"
+    return str(info.details.get("provenance_state") or "trained")
+
+
+def _short_state(info: BackendInfo) -> str:
+    """A few words on the segmenter's checkpoint for the ContentDescription ("" when it
+    has none: a training-free backend)."""
+    if not info.trained:
+        return "UNTRAINED test weights"
+    if not info.checkpoint:
+        return ""
+    return {"pinned release": "pinned release",
+            "official download, hash not pinned": "official download, unpinned",
+            "pinned by the user": "user-pinned weights",
+            "trained here": "trained here"}.get(
+                str(info.details.get("provenance_state", "")), "trained")
+
+
+def det_name_for(prediction: Prediction) -> str:
+    return f"detector {prediction.detector.name} {prediction.detector.version}"
 
 
 def algorithm_identification(segmenter: BackendInfo, detector: BackendInfo
@@ -215,9 +237,21 @@ def build_seg(prediction: Prediction, *, series_number: int = DEFAULT_SERIES_NUM
             anatomic_regions=[hd.sr.CodedConcept(*ANATOMIC_REGION)],
             display_color=hd.color.CIELabColor.from_rgb(r, g, b),
         ))
+        # Segment Description (0062,0006, LO): the detector's calibrated confidence
+        les_box = lesions[i - 1].box
+        descriptions[-1].SegmentDescription = _lo(
+            "manual prompt" if les_box.from_person
+            else f"confidence {les_box.score:.2f} ({det_name_for(prediction)})",
+            "segment description")
     det, segm = prediction.detector, prediction.segmenter
     how = "manual box prompts" if prediction.from_person else f"detector {det.name}"
-    content = _lo(f"{len(lesions)} lung tumour(s): {segm.name} from {how}", "content description")
+    content = f"{len(lesions)} lung tumour(s): {segm.name} from {how}"
+    state = _short_state(segm)
+    if state:  # the checkpoint's provenance must survive the 64-character limit
+        content = f"{content}; {state}"
+        if len(content) > _LO_MAX:
+            content = f"{len(lesions)} lung tumour(s): {segm.name}; {state}"
+    content = _lo(content, "content description")
     kwargs: dict[str, Any] = {
         "source_images": sources,
         "pixel_array": _pixel_array(prediction),

@@ -95,6 +95,15 @@ def write_preview(prediction: Prediction, path: str | os.PathLike[str], *,
             ax.text(xc, zc, str(i), color=_rgb(i), fontsize=9, fontweight="bold",
                     ha="center", va="center")
         handles.append(Patch(color=_rgb(i), label=lesion_label(i)))
+    # candidates below the operating point: dashed grey boxes with their rank and confidence
+    for rank, b in enumerate(prediction.not_segmented, start=len(lesions) + 1):
+        ax.add_patch(Rectangle((b.x0 - 0.5, b.z0 - 0.5), b.x1 - b.x0, b.z1 - b.z0, fill=False,
+                               edgecolor="0.6", linewidth=0.7, linestyle=":"))
+        ax.text(b.x1, b.z1 if head_up else b.z0, f"#{rank} {b.score:.2f}", color="0.7",
+                fontsize=6, ha="left", va="bottom")
+    if prediction.not_segmented:
+        handles.append(Patch(facecolor="none", edgecolor="0.6", linestyle=":",
+                             label=f"not segmented ({len(prediction.not_segmented)})"))
     ax.set_title("overview (coronal mean projection)", color="white", fontsize=8)
     if not lesions:
         ax.text(0.5, 0.5, "no tumour found", color="yellow", fontsize=14, ha="center",
@@ -130,8 +139,9 @@ def write_preview(prediction: Prediction, path: str | os.PathLike[str], *,
         ax.set_ylim(min(cy + margin_y, vol.shape[1] - 0.5), max(cy - margin_y, -0.5))
         d_mm, _ = longest_axial_diameter(les, vol.spacing)
         vol_ml = les.voxel_count * vol.voxel_volume_ml
-        ax.set_title(f"{lesion_label(i)}: slice {k}\n{vol_ml:.1f} ml, {d_mm:.0f} mm, "
-                     f"score {les.box.score:.2f}", color=_rgb(i), fontsize=8)
+        conf = "manual" if les.box.from_person else f"confidence {les.box.score:.2f}"
+        ax.set_title(f"#{i} {lesion_label(i)}: slice {k}\n{vol_ml:.1f} ml, {d_mm:.0f} mm, "
+                     f"{conf}", color=_rgb(i), fontsize=8)
         ax.set_axis_off()
     if len(lesions) > len(shown):
         fig.text(0.99, 0.01, f"+{len(lesions) - len(shown)} more lesion(s) in report.json",

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import __version__
-from ..types import BackendInfo, LesionMask, Prediction, Volume
+from ..types import BackendInfo, Box3D, LesionMask, Prediction, Volume
 from . import lesion_label
 
 log = logging.getLogger(__name__)
@@ -156,11 +156,30 @@ def lesion_entry(prediction: Prediction, index: int, tracking_uid: str | None = 
         "prompt_box": les.box.to_dict(),
         "prompt": "manual" if les.box.from_person else "automatic",
         "detection_score": round(float(les.box.score), 4),
+        # the detector's calibrated confidence that this is a tumour (1 for manual prompts)
+        "confidence": 1.0 if les.box.from_person else round(float(les.box.score), 4),
         "segmentation_score": round(float(les.score), 4),
     }
     if tracking_uid:
         entry["tracking_uid"] = str(tracking_uid)
     return entry
+
+
+def not_segmented_entry(prediction: Prediction, rank: int, box: Box3D) -> dict[str, Any]:
+    """A candidate below the operating point: its rank, confidence and box."""
+    vol = prediction.volume
+    lo, hi = (box.z0, box.y0, box.x0), (box.z1, box.y1, box.x1)
+    centre = vol.index_to_lps(*((a + b - 1) / 2 for a, b in zip(lo, hi, strict=True)))
+    return {"rank": rank, "confidence": round(float(box.score), 4),
+            "status": "not segmented (below the operating point)",
+            "key_slice": _slice_info(vol, box.key_slice),
+            "box_voxels": {"z0": box.z0, "z1": box.z1, "y0": box.y0, "y1": box.y1,
+                           "x0": box.x0, "x1": box.x1},
+            "box_lps_mm": {"corners": _corners_lps(vol, list(lo), list(hi)),
+                           "center": [round(c, 3) for c in centre]},
+            # one entry of a `--prompts` file (voxel coordinates), ready to promote
+            "prompt": {"z": [box.z0, box.z1], "y": [box.y0, box.y1], "x": [box.x0, box.x1],
+                       "key_slice": box.key_slice}}
 
 
 def backend_entry(info: BackendInfo) -> dict[str, Any]:
@@ -169,7 +188,9 @@ def backend_entry(info: BackendInfo) -> dict[str, Any]:
     if not info.trained:
         d["checkpoint_status"] = UNTRAINED
     elif info.checkpoint:
-        d["checkpoint_status"] = "trained"
+        # "pinned release", "official download, hash not pinned", "pinned by the user",
+        # "trained here" where the backend says which (weights.checkpoint_provenance)
+        d["checkpoint_status"] = str(info.details.get("provenance_state") or "trained")
     else:
         d["checkpoint_status"] = "no checkpoint (training-free)"
     return d
@@ -271,6 +292,13 @@ def build_report(prediction: Prediction, *, input_info: Mapping[str, Any],
         "tumour_found": n > 0,
         "lesions": [lesion_entry(prediction, i, tracking_uids[i - 1] if tracking_uids else None)
                     for i in range(1, n + 1)],
+        "operating_point": (None if prediction.operating_point is None else
+                            {"min_score": prediction.operating_point.min_score,
+                             "max_lesions": prediction.operating_point.max_lesions}),
+        # automatic candidates below the operating point: a reviewer may promote one with
+        # `autoseg predict --prompts` (the box is in the prompts file format)
+        "not_segmented": [not_segmented_entry(prediction, rank, b) for rank, b in
+                          enumerate(prediction.not_segmented, start=n + 1)],
         "total_volume_ml": round(sum(les.voxel_count for les in prediction.lesions)
                                  * prediction.volume.voxel_volume_ml, 4),
         "timings_s": {k: round(v, 4) for k, v in stage_timings.items()},

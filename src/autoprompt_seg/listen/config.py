@@ -104,6 +104,8 @@ class ListenConfig:
     segmenter: str = "classical"
     device: str = "auto"
     threads: int = 0
+    min_score: float = 0.5  # operating point (calibrated detector confidence, 0..1)
+    max_lesions: int = 5  # at most this many automatic lesions per study
     weights_dir: Path | None = None
     log_patient: bool = False  # put PatientID in the per-study log line
     tls: TLSConfig | None = None
@@ -122,7 +124,7 @@ class ListenConfig:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"Argument 'port' must be an integer in 0..65535; got {self.port!r}")
         ints = {"workers": 0, "max_associations": 1, "max_attempts": 1, "send_attempts": 1,
-                "threads": 0}
+                "threads": 0, "max_lesions": 1}
         for name, low in ints.items():
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
@@ -139,6 +141,11 @@ class ListenConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"Argument 'device' must be one of auto, cpu, cuda; "
                               f"got {self.device!r}")
+        if not isinstance(self.min_score, int | float) or isinstance(self.min_score, bool) \
+                or not 0.0 <= float(self.min_score) <= 1.0:
+            raise ConfigError(f"Argument 'min_score' must be a number in 0..1; "
+                              f"got {self.min_score!r}")
+        object.__setattr__(self, "min_score", float(self.min_score))
         if self.dest_tls and self.tls is None:
             raise ConfigError("Argument 'dest_tls' needs a [listen.tls] table; got dest_tls=true "
                               "without one")

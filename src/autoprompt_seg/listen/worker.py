@@ -25,7 +25,8 @@ def _settings(cfg: ListenConfig) -> Any:
     from ..config import Settings, default_weights_dir
 
     return Settings(device=cfg.device, threads=cfg.threads,
-                    weights_dir=cfg.weights_dir or default_weights_dir())
+                    weights_dir=cfg.weights_dir or default_weights_dir(),
+                    min_score=cfg.min_score, max_lesions=cfg.max_lesions)
 
 
 def process_job(cfg: ListenConfig, spool: Spool, queue: JobQueue, job: Job) -> str:
