@@ -1,0 +1,190 @@
+"""Whole-chest detection: anatomy-aware candidates, the transplant generator, the
+operating point (--min-score / --max-lesions) and the confidence reaching the SEG."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+from scipy import ndimage as ndi
+
+from autoprompt_seg.cli import main
+from autoprompt_seg.detect.candidates import CandidatesDetector
+from autoprompt_seg.synthetic import synthetic_study
+from autoprompt_seg.transplant import LesionSource, lung_map, transplant
+from autoprompt_seg.types import Box3D, OperatingPoint, Volume
+from conftest import tool
+from thorax_phantom import thorax_phantom
+
+
+def _hits(box: Box3D, mask: np.ndarray) -> int:
+    return int(mask[box.z0:box.z1, box.y0:box.y1, box.x0:box.x1].sum())
+
+
+def test_detector_keeps_the_nodule_and_rejects_heart_and_z_tube():
+    vol, truth = thorax_phantom(seed=0)
+    det = CandidatesDetector()
+    lab, cands = det.candidates(vol.array, vol.spacing)
+    # the z-tube against the right lung does become a candidate (it lies in the lung
+    # field) - the score must be what rejects it
+    tube_cands = [c for c in cands if ((lab == c.label) & truth["tube"]).any()]
+    assert tube_cands, "the z-tube should reach the candidate stage"
+    assert all(c.score < 0.5 for c in tube_cands)
+    boxes = [b for b in det.detect(vol) if b.score >= 0.5]
+    assert len(boxes) == 1
+    assert _hits(boxes[0], truth["nodule"]) == int(truth["nodule"].sum())
+    assert _hits(boxes[0], truth["heart"]) == 0 and _hits(boxes[0], truth["tube"]) == 0
+    assert 0.5 <= boxes[0].score <= 1.0
+
+
+def test_detector_without_a_tumour_reports_nothing_above_the_operating_point():
+    vol, _ = thorax_phantom(seed=1, nodule=False)
+    assert [b for b in CandidatesDetector().detect(vol) if b.score >= 0.5] == []
+
+
+def _sphere_lesion(radius_mm: float = 8.0) -> LesionSource:
+    sp = (2.0, 1.0, 1.0)
+    n = (24, 40, 40)
+    z, y, x = np.meshgrid(*(np.arange(k) * s for k, s in zip(n, sp, strict=True)),
+                          indexing="ij")
+    c = [k * s / 2 for k, s in zip(n, sp, strict=True)]
+    m = (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= radius_mm ** 2
+    hu = np.where(m, 45.0, -860.0).astype(np.float32)
+    vol = Volume(array=hu, spacing=sp, origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+    return LesionSource.from_volume("sphere", vol, m, margin_mm=4.0)
+
+
+def test_transplant_in_parenchyma_keeps_geometry_volume_and_labels():
+    bg, _ = thorax_phantom(seed=2, heart=False, tube=False, nodule=False)
+    src = _sphere_lesion(8.0)
+    case = transplant(bg, [(src, "parenchyma", 1.25, False)], np.random.default_rng(0),
+                      name="t", background_name="phantom")
+    (les,) = case.lesions
+    # same grid and geometry as the background
+    assert case.volume.shape == bg.shape and case.volume.spacing == bg.spacing
+    assert np.allclose(case.volume.direction, bg.direction)
+    # volume scales with the cube of the linear factor (partial-volume tolerance)
+    assert les.volume_ml == pytest.approx(src.volume_ml * 1.25 ** 3, rel=0.12)
+    lab = case.labels == 1
+    assert int(lab.sum()) * bg.voxel_volume_ml == pytest.approx(les.volume_ml)
+    # the label lies in the lung of the background, and holds the lesion's HU
+    lung = bg.array < -500
+    assert lung[ndi.binary_erosion(lab)].mean() > 0.95
+    assert float(np.median(case.volume.array[lab])) == pytest.approx(45.0, abs=25)
+    # nothing changed away from the lesion
+    far = ~ndi.binary_dilation(lab, iterations=8)
+    assert np.array_equal(case.volume.array[far], bg.array[far])
+    # seeded: the same seed gives the same case
+    again = transplant(bg, [(src, "parenchyma", 1.25, False)], np.random.default_rng(0))
+    assert np.array_equal(again.labels, case.labels)
+
+
+@pytest.mark.parametrize("site", ["pleura", "mediastinum"])
+def test_transplant_against_a_wall_touches_it(site):
+    bg, _ = thorax_phantom(seed=3, heart=False, tube=False, nodule=False)
+    case = transplant(bg, [(_sphere_lesion(9.0), site, 1.0, True)], np.random.default_rng(1))
+    lab = case.labels == 1
+    assert lab.any()
+    # the lesion presses against non-lung tissue: its 3-mm shell reaches the wall
+    shell = ndi.binary_dilation(lab, iterations=2) & ~lab
+    assert (bg.array[shell] > -300).any()
+    lmap = lung_map(bg)
+    zc, yc, xc = (int(v) for v in np.argwhere(lab).mean(axis=0))
+    xs = np.nonzero(lmap.lung)[2] * lmap.factor[2]
+    mid = float(np.median(xs))
+    towards_centre = abs(xc - mid) < abs(np.mean(xs[xs < mid]) - mid) if xc < mid \
+        else abs(xc - mid) < abs(np.mean(xs[xs >= mid]) - mid)
+    assert towards_centre == (site == "mediastinum")
+
+
+def test_transplant_refuses_bad_arguments():
+    bg, _ = thorax_phantom(seed=2, heart=False, tube=False, nodule=False)
+    with pytest.raises(ValueError, match="site"):
+        transplant(bg, [(_sphere_lesion(), "liver", 1.0, False)], np.random.default_rng(0))
+    with pytest.raises(ValueError, match="scale"):
+        transplant(bg, [(_sphere_lesion(), "pleura", 9.0, False)], np.random.default_rng(0))
+
+
+def _box(score: float, person: bool = False) -> Box3D:
+    return Box3D(z0=0, z1=2, y0=0, y1=2, x0=0, x1=2, key_slice=1, score=score,
+                 from_person=person)
+
+
+def test_operating_point_splits_by_score_and_count():
+    boxes = [_box(0.2), _box(0.9), _box(0.6), _box(0.55), _box(0.1, person=True)]
+    keep, below = OperatingPoint(min_score=0.5, max_lesions=2).split(boxes)
+    assert [b.score for b in keep] == [0.1, 0.9, 0.6]  # manual first, always kept
+    assert [b.score for b in below] == [0.55, 0.2]
+    with pytest.raises(ValueError, match="min_score"):
+        OperatingPoint(min_score=1.5)
+    with pytest.raises(ValueError, match="max_lesions"):
+        OperatingPoint(max_lesions=0)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return synthetic_study(tmp_path_factory.mktemp("wc") / "study", shape=(40, 160, 160),
+                           spacing=(2.5, 1.5, 1.5), n_tumours=2, seed=3,
+                           tumour_radius_mm=(10.0, 8.0))
+
+
+def _predict(study_dir, out, *extra):
+    r = CliRunner().invoke(main, ["-q", "predict", str(study_dir), "-o", str(out), *extra],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return json.loads((out / "report.json").read_text())
+
+
+def test_max_lesions_and_confidence_reach_report_and_seg(study, tmp_path):
+    full = _predict(study.study_dir, tmp_path / "all", "--min-score", "0")
+    assert full["n_lesions"] == 2
+    one = _predict(study.study_dir, tmp_path / "one", "--min-score", "0", "--max-lesions", "1")
+    assert one["n_lesions"] == 1 and one["operating_point"] == {"min_score": 0.0,
+                                                                "max_lesions": 1}
+    (ns,) = one["not_segmented"]
+    assert ns["rank"] == 2 and ns["status"].startswith("not segmented")
+    assert ns["confidence"] <= one["lesions"][0]["confidence"]
+    assert set(ns["prompt"]) == {"z", "y", "x", "key_slice"}
+    seg = pydicom.dcmread(tmp_path / "one" / "seg.dcm")
+    assert len(seg.SegmentSequence) == 1
+    conf = one["lesions"][0]["confidence"]
+    assert seg.SegmentSequence[0].SegmentDescription.startswith(f"confidence {conf:.2f}")
+    res = subprocess.run([tool("dciodvfy"), str(tmp_path / "one" / "seg.dcm")],
+                         capture_output=True, text=True)
+    assert "Error" not in res.stdout + res.stderr, res.stderr
+
+
+def test_min_score_above_every_candidate_segments_nothing(study, tmp_path):
+    rep = _predict(study.study_dir, tmp_path / "none", "--min-score", "1.0")
+    assert rep["n_lesions"] == 0 and not (tmp_path / "none" / "seg.dcm").exists()
+    assert len(rep["not_segmented"]) >= 1
+    assert all(c["confidence"] < 1.0 for c in rep["not_segmented"])
+
+
+def test_min_score_out_of_range_is_a_usage_error(study, tmp_path):
+    r = CliRunner().invoke(main, ["predict", str(study.study_dir), "-o", str(tmp_path / "x"),
+                                  "--min-score", "1.5"])
+    assert r.exit_code == 2 and not (tmp_path / "x").exists()
+
+
+def test_listener_and_bench_take_the_operating_point(tmp_path):
+    from autoprompt_seg.bench.runner import BenchConfig
+    from autoprompt_seg.errors import ConfigError
+    from autoprompt_seg.listen.config import build_config
+    from autoprompt_seg.listen.worker import _settings
+
+    cfg = build_config({"min_score": 0.7, "max_lesions": 2}, spool=str(tmp_path / "spool"))
+    s = _settings(cfg)
+    assert s.operating_point() == OperatingPoint(min_score=0.7, max_lesions=2)
+    with pytest.raises(ConfigError, match="min_score"):
+        build_config({"min_score": 2}, spool=str(tmp_path / "spool"))
+    with pytest.raises(ConfigError, match="max_lesions"):
+        build_config({"max_lesions": 0}, spool=str(tmp_path / "spool"))
+    assert BenchConfig(min_score=0.3).operating_point().min_score == 0.3
+    assert BenchConfig(min_score=0.3).config_hash() != BenchConfig().config_hash()
+    with pytest.raises(ConfigError, match="min-score"):
+        BenchConfig(min_score=-1)
