@@ -1,4 +1,5 @@
-"""Training-free lung tumour detector: lung fields, soft-tissue candidates, shape filters.
+"""Training-free lung tumour detector (v2): lung fields, soft-tissue candidates, anatomy
+context and a calibrated confidence.
 
 The pipeline works on a coarse grid (block means to about ``work_mm`` in-plane and
 ``work_z_mm`` along z) and every size is given in mm or ml, so it behaves the same on any
@@ -15,14 +16,25 @@ spacing:
 3. **Candidates**: soft tissue (smoothed ``soft_lo_hu .. soft_hi_hu``) inside the lung
    fields and outside the aerated lung, after an opening with a ball of radius
    ``vessel_radius_mm`` that removes vessels and airway walls (thinner structures).
-4. **Filters and score**: per 3-D component, volume (``min_volume_ml`` .. ``max_volume_ml``),
-   thickness (largest inscribed ball radius, ``min_thickness_mm``), elongation (ratio of
-   the principal axes, vessels are long) and the share of its surface that touches
-   aerated lung (tumours are mostly surrounded by lung; the mediastinal rims that the
-   closing adds are not), measured on the ring one voxel beyond the component's surface
-   so that partial-volume voxels at the surface do not count as non-lung. The score in
-   0..1 combines these; components scoring below ``min_score`` are dropped.
-5. **Boxes**: one :class:`Box3D` per component, mapped back to the original grid, with
+4. **Filters and features**: per 3-D component, volume (``min_volume_ml`` ..
+   ``max_volume_ml``), thickness (largest inscribed ball radius, ``min_thickness_mm``),
+   elongation (ratio of the principal axes: vessels and z-tubes are long) and the share of
+   its surface that touches aerated lung (a tumour is mostly surrounded by lung; a slice
+   of mediastinum that the closing added is not), measured on the ring one voxel beyond
+   the surface. Anatomy context: dense tissue (fat excluded, -60..300 HU) inside the
+   thorax's inner region (per slice, the convex hull of both lungs: mediastinum, heart,
+   great vessels, hila and the diaphragm's dome) is labelled into 3-D structures; a
+   candidate that is only the lung-side tip of a large structure (heart, aorta, SVC,
+   liver) gets a low ``context_frac`` (its share of that structure near it) and a low
+   ``structure_in_field`` (the structure's share inside the lung fields).
+5. **Calibrated confidence**: a logistic model over lung contact, elongation, log
+   thickness, ``context_frac`` and ``structure_in_field`` gives each candidate a
+   probability of being a tumour (weights ``_W``, fitted on the development set; see
+   ``scripts/eval_wholechest.py`` and docs/benchmarks.md). Candidates scoring below
+   ``min_score`` (a floor, 0.1) are dropped; at most ``max_candidates`` are returned, so
+   the pipeline's operating point (``--min-score``, default 0.5) decides which are
+   segmented and which are only listed in report.json.
+6. **Boxes**: one :class:`Box3D` per component, mapped back to the original grid, with
    the key slice at the component's largest cross-section.
 """
 
@@ -341,8 +353,9 @@ class CandidatesDetector:
         The weights were fitted (scikit-learn ``LogisticRegression``, balanced classes) on
         the candidates of the development set only: the LIDC-IDRI-0314 whole chest with
         pycerr lesions pat_1..pat_3 transplanted into it, and the real pycerr crops
-        pat_1..pat_3 (``scripts/fit_candidates_score.py``); pat_4 and the CTA background
-        stayed out for the held-out check in docs/benchmarks.md."""
+        pat_1..pat_3 (features from :meth:`candidates`; a candidate is positive when more
+        than 20 % of it is ground truth); pat_4 and the CTA background stayed out for the
+        held-out check in docs/benchmarks.md."""
         z = (_W["intercept"] + _W["lung_contact"] * contact + _W["elongation"] * elong
              + _W["log_thickness_mm"] * float(np.log(max(thick, 1e-3)))
              + _W["context_frac"] * context + _W["structure_in_field"] * in_field)
