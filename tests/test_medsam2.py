@@ -37,14 +37,18 @@ def test_import_has_no_side_effects() -> None:
 def test_options_defaults_and_validation(tmp_path: Path) -> None:
     o = M.MedSAM2Options.from_settings(Settings(weights_dir=tmp_path))
     assert o.window == (-600.0, 1500.0) and o.empty_stop == 3 and o.z_margin_mm == 10.0
+    assert o.scaling == "study-minmax"  # MedSAM2's CT script (issue 12)
     o = M.MedSAM2Options.from_settings(Settings(weights_dir=tmp_path, options={
         "medsam2_window": "40,400", "medsam2_empty_stop": 5, "medsam2_z_margin_mm": 0,
-        "medsam2_cache_mb": 64, "medsam2_encoder_batch": 4, "medsam2_bf16": False}))
+        "medsam2_cache_mb": 64, "medsam2_encoder_batch": 4, "medsam2_bf16": False,
+        "medsam2_scaling": "window"}))
     assert o.window == (40.0, 400.0) and o.empty_stop == 5 and o.encoder_batch == 4
+    assert o.scaling == "window"
     for key, bad in (("medsam2_window", (40,)), ("medsam2_window", (40, -1)),
                      ("medsam2_empty_stop", 0), ("medsam2_empty_stop", 1.5),
                      ("medsam2_z_margin_mm", -1), ("medsam2_cache_mb", 0),
-                     ("medsam2_bf16", "yes"), ("medsam2_checkpoint", "")):
+                     ("medsam2_bf16", "yes"), ("medsam2_checkpoint", ""),
+                     ("medsam2_scaling", "minmax")):
         with pytest.raises(ConfigError) as ei:
             M.MedSAM2Options.from_settings(Settings(weights_dir=tmp_path, options={key: bad}))
         assert key in str(ei.value) and repr(bad) in str(ei.value)
@@ -95,10 +99,28 @@ def test_preprocessing_window_resize_normalize() -> None:
     assert f.dtype == np.float32 and f.shape == (2, 3, 4, 4)
     np.testing.assert_allclose(f[0, :, 0, 0], [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224,
                                                (1 - 0.406) / 0.225], rtol=1e-6)
-    src = M.FrameSource(np.zeros((5, 64, 64), np.float32), (-600.0, 1500.0))
+    src = M.FrameSource(np.full((5, 64, 64), -1000, np.float32), (-600.0, 1500.0))
     src.frames([1, 3])
     src.frames([3])
     assert src.preprocessed == 2  # only visited slices, each once
+
+
+def test_study_minmax_scaling_is_medsam2s() -> None:
+    """Clip to the window, then min-max over the clipped *study*: air at -1024 HU maps to 0
+    (not -1350, the lung window's floor), as MedSAM2's CT script and MedSAM's pre_CT_MR.py."""
+    hu = np.array([[[-1024.0, -600.0, -200.0, 150.0, 3000.0]]], dtype=np.float32)
+    assert M.intensity_range(hu, M.DEFAULT_WINDOW) == (-1024.0, 150.0)
+    assert M.intensity_range(hu, M.DEFAULT_WINDOW, "window") == (-1350.0, 150.0)
+    u8 = M.scale_uint8(hu, M.DEFAULT_WINDOW, (-1024.0, 150.0))
+    expect = [int((min(max(v, -1350), 150) + 1024) / 1174 * 255) for v in hu.ravel()]
+    assert u8.ravel().tolist() == expect == [0, 92, 178, 255, 255]
+    assert M.window_uint8(hu, M.DEFAULT_WINDOW).ravel().tolist() == [55, 127, 195, 255, 255]
+    src = M.FrameSource(np.concatenate([hu + 100, hu]), M.DEFAULT_WINDOW)
+    assert src.value_range == (-1024.0, 150.0)  # the whole study's, not slice 0's
+    assert M.FrameSource(hu, M.DEFAULT_WINDOW, "window").value_range == (-1350.0, 150.0)
+    assert not M.scale_uint8(np.full((2, 2), 5.0), M.DEFAULT_WINDOW, (5.0, 5.0)).any()
+    with pytest.raises(ValueError, match="scaling"):
+        M.intensity_range(hu, M.DEFAULT_WINDOW, "minmax")
 
 
 def test_box_mapping_to_512() -> None:
@@ -219,6 +241,7 @@ def _study(nz: int, size: int, n: int, seed: int) -> tuple[Volume, list[Box3D]]:
         boxes.append(Box3D(int(zz.min()), int(zz.max()) + 1, int(yy.min()), int(yy.max()) + 1,
                            int(xx.min()), int(xx.max()) + 1, key, source="test"))
     hu += rng.normal(0, 10, hu.shape).astype(np.float32)
+    hu = np.round(hu)  # whole HU, as CT is stored (the reference reads them as int16)
     vol = Volume(array=hu, spacing=(2.5, 1.5, 1.5), origin=(0.0, 0.0, 0.0),
                  direction=np.eye(3), source_format="synthetic")
     return vol, boxes
@@ -242,6 +265,8 @@ def test_create_loads_strictly_and_reports_untrained(ckpt: Path, tmp_path: Path)
     assert "untrained test checkpoint" in json.dumps(info.to_dict())
     assert info.details["config"] == "sam2.1_hiera_t512.yaml"
     assert info.details["device"] == "cpu" and info.details["precision"] == "float32"
+    assert info.details["provenance_state"] == "untrained test checkpoint"
+    assert info.details["scaling"] == "study-minmax"
 
 
 def test_known_sha256_is_reported_as_trained(ckpt: Path, tmp_path: Path) -> None:
@@ -254,7 +279,7 @@ def test_known_sha256_is_reported_as_trained(ckpt: Path, tmp_path: Path) -> None
     s = Settings(device="cpu", weights_dir=tmp_path, options={"medsam2_checkpoint": str(ckpt)})
     with mock.patch("autoprompt_seg.weights.load_manifest", return_value=m):
         c = M.resolve_checkpoint(s, M.MedSAM2Options.from_settings(s))
-    assert c.trained and c.name == "MedSAM2_CTLesion"
+    assert c.trained and c.name == "MedSAM2_CTLesion" and c.state == "pinned release"
 
 
 def test_equivalence_with_the_reference_single_lesion(ckpt: Path, tmp_path: Path,
@@ -262,12 +287,13 @@ def test_equivalence_with_the_reference_single_lesion(ckpt: Path, tmp_path: Path
     """Same checkpoint, same box: the fast path visiting the whole volume gives exactly the
     reference's mask, with one encoder call per slice instead of one per slice per
     direction."""
-    from medsam2_reference import reference_segment
+    from medsam2_reference import as_read_by_the_script, reference_segment
 
     vol, boxes = _study(nz=6, size=128, n=1, seed=3)
     seg = _segmenter(ckpt, tmp_path, medsam2_z_margin_mm=100.0, medsam2_empty_stop=99)
     fast = seg.segment(vol, boxes)
-    ref = reference_segment(reference_predictor, vol.array, boxes, M.DEFAULT_WINDOW)
+    ref = reference_segment(reference_predictor, as_read_by_the_script(vol.array), boxes,
+                            M.DEFAULT_WINDOW)
     assert seg.last_logits[0].visited == set(range(vol.shape[0]))
     union = np.zeros(vol.shape, bool)
     for z, ((y0, y1, x0, x1), lg) in seg.last_logits[0].slices.items():
@@ -286,12 +312,13 @@ def test_equivalence_with_the_reference_two_lesions_and_early_stop(
     """Two lesions with a tight z margin: wherever the fast path visits, its logits are the
     reference's; each slice is encoded once for both lesions and both directions; each
     lesion keeps its own mask, and shared voxels go to the higher logit."""
-    from medsam2_reference import reference_segment
+    from medsam2_reference import as_read_by_the_script, reference_segment
 
     vol, boxes = _study(nz=10, size=128, n=2, seed=5)
     seg = _segmenter(ckpt, tmp_path, medsam2_z_margin_mm=0.0)
     fast = seg.segment(vol, boxes)
-    ref = reference_segment(reference_predictor, vol.array, boxes, M.DEFAULT_WINDOW)
+    ref = reference_segment(reference_predictor, as_read_by_the_script(vol.array), boxes,
+                            M.DEFAULT_WINDOW)
     visited_all: set[int] = set()
     for i, les in enumerate(seg.last_logits):
         b = boxes[i]
@@ -316,6 +343,59 @@ def test_equivalence_with_the_reference_two_lesions_and_early_stop(
     assert (ref.logits[0][won_a] >= ref.logits[1][won_a]).all()
     won_b = mb & (ref.logits[0] > 0) & both_visited
     assert (ref.logits[1][won_b] >= ref.logits[0][won_b]).all()
+
+
+@pytest.mark.slow
+def test_equivalence_on_a_real_study_with_default_settings(
+        ckpt: Path, tmp_path: Path, reference_predictor: Any, pycerr_root: Path) -> None:
+    """Issue 12: on real CT (pycerr pat_2, whose minimum is -1000 HU, above the lung
+    window's floor of -1350), the default settings give MedSAM2's own preprocessing: the uint8 study equals
+    the published script's, and with early stopping off the masks are identical and the
+    logits agree within 1e-4. (The study is cut to the tumour's slices +/- 3, the same cut
+    on both sides, to keep the reference's run short.)"""
+    from dataclasses import replace
+
+    from autoprompt_seg.detect.oracle import create as oracle
+    from autoprompt_seg.io.dicom import load_study
+    from medsam2_reference import as_read_by_the_script, reference_segment
+
+    study = pycerr_root / "pat_2"
+    full, _ = load_study(study)
+    (b,) = oracle(Settings(options={"prompts_from": str(study), "roi_name": "GTV-1"})
+                  ).detect(full)
+    z0, z1 = max(0, b.z0 - 3), min(full.shape[0], b.z1 + 3)
+    vol = Volume(array=np.ascontiguousarray(full.array[z0:z1]), spacing=full.spacing,
+                 origin=(0.0, 0.0, 0.0), direction=np.eye(3), source_format="synthetic")
+    box = replace(b, z0=b.z0 - z0, z1=b.z1 - z0, key_slice=b.key_slice - z0)
+    lo = float(vol.array.min())
+    assert lo > M.DEFAULT_WINDOW[0] - M.DEFAULT_WINDOW[1] / 2  # -1000 > -1350
+    seg = _segmenter(ckpt, tmp_path, medsam2_z_margin_mm=1e4, medsam2_empty_stop=10**6)
+    assert seg.options.scaling == "study-minmax" and seg.options.window == M.DEFAULT_WINDOW
+    fast = seg.segment(vol, [box])
+    ref = reference_segment(reference_predictor, as_read_by_the_script(vol.array), [box],
+                            M.DEFAULT_WINDOW)
+    assert seg.info().details["scaling_range_hu"] == [lo, 150.0]
+    ours_u8 = M.scale_uint8(vol.array, M.DEFAULT_WINDOW, seg.last_value_range or (0, 0))
+    assert np.array_equal(ours_u8, ref.frames_u8)
+    # the old default (nominal window) is not MedSAM2's: the test would have caught it
+    assert not np.array_equal(M.window_uint8(vol.array, M.DEFAULT_WINDOW), ref.frames_u8)
+    les = seg.last_logits[0]
+    assert les.visited == set(range(vol.shape[0]))  # early stopping off: every slice
+    union = np.zeros(vol.shape, bool)
+    worst = 0.0
+    for z in range(vol.shape[0]):
+        lg = np.full(vol.shape[1:], -np.inf, np.float32)
+        if z in les.slices:
+            (y0, y1, x0, x1), crop = les.slices[z]
+            lg[y0:y1, x0:x1] = crop
+            union[z] = lg > 0
+        pos = (lg > 0) | (ref.logits[0][z] > 0)
+        if pos.any():
+            worst = max(worst, float(np.abs(lg[pos] - ref.logits[0][z][pos]).max()))
+    assert worst <= 1e-4, worst
+    assert np.array_equal(union, ref.unions[0])
+    assert 0 < ref.unions[0].sum()
+    assert np.array_equal(fast[0].full(), ref.masks[0])
 
 
 #: The registry entry proposed for the lead (used here until registry.py has it).

@@ -19,6 +19,9 @@ torch = pytest.importorskip("torch")
 from autoprompt_seg import weights as W  # noqa: E402
 from autoprompt_seg.errors import ConfigError, UnavailableError  # noqa: E402
 
+UNKNOWN_STATE = "unknown file (untrained test checkpoint)"
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="session")
 def medsam2_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -56,9 +59,49 @@ def _manifest_with(name: str, **kw: str) -> dict[str, W.WeightsEntry]:
 
 def test_manifest_lists_the_known_checkpoints() -> None:
     m = W.load_manifest()
-    assert {"MedSAM2_latest", "MedSAM2_CTLesion", "medsam_vit_b", "nnunet_lung_detector"} <= set(m)
+    assert {"MedSAM2_latest", "MedSAM2_CTLesion", "MedSAM2_2411", "medsam_vit_b",
+            "sam2.1_hiera_tiny", "nnunet_lung_detector"} <= set(m)
     assert m["MedSAM2_latest"].architecture == "sam2.1_hiera_tiny_512"
     assert m["MedSAM2_latest"].file == "MedSAM2_latest.pt"
+    # pinned where independent public copies agree (issue 12); MedSAM2's are unpublished
+    assert m["medsam_vit_b"].sha256 == ("34b34b78c1d18cb8c6bf84cf9c00e135"
+                                        "d6d6c965699f3c0e31ef1bc9dcb5be74")
+    assert m["medsam_vit_b"].size == 375_049_145
+    assert m["sam2.1_hiera_tiny"].sha256 == ("7402e0d864fa82708a20fbd15bc84245"
+                                             "c2f26dff0eb43a4b5b93452deb34be69")
+    assert m["sam2.1_hiera_tiny"].size == 156_008_466
+    assert m["sam2.1_hiera_tiny"].architecture == "sam2.1_hiera_tiny"
+    for n in ("MedSAM2_latest", "MedSAM2_CTLesion", "MedSAM2_2411"):
+        assert m[n].sha256 == "" and m[n].source.startswith(
+            "https://huggingface.co/wanglab/MedSAM2/resolve/main/"), n
+    for e in m.values():
+        assert e.sha256 == "" or (len(e.sha256) == 64 and e.size > 0), e.name
+        assert e.source == "" or e.source.startswith("https://"), e.name
+
+
+def test_one_manifest_and_no_drift() -> None:
+    """One manifest only (the package's), each URL with a source comment, and the docs
+    quote exactly its pins."""
+    import re
+
+    text = W.manifest_text()
+    src = ROOT / "src" / "autoprompt_seg" / W.MANIFEST_FILE
+    assert src.read_text(encoding="utf-8") == text  # the installed package reads this file
+    others = [p for p in ROOT.rglob("*.toml") if "manifest" in p.name and p != src
+              and not any(part.startswith(".") or part in ("build", "dist")
+                          for part in p.relative_to(ROOT).parts)]
+    assert others == [], f"a second weights manifest: {others}"
+    blocks = re.split(r"^\[weights\.", text, flags=re.M)[1:]
+    for b in blocks:
+        if re.search(r'^source = "https://', b, flags=re.M):
+            assert re.search(r"^# Source: ", b, flags=re.M), b.splitlines()[0]
+    docs = (ROOT / "docs" / "medsam2.md").read_text(encoding="utf-8")
+    for e in W.load_manifest().values():
+        if e.sha256:
+            assert e.sha256 in docs, f"docs/medsam2.md does not quote the pin of {e.name}"
+    quoted = set(re.findall(r"\b[0-9a-f]{64}\b", docs))
+    assert quoted <= {e.sha256 for e in W.load_manifest().values()}, \
+        "docs/medsam2.md quotes a sha256 that the manifest does not pin"
 
 
 def test_strict_load_and_add(medsam2_ckpt: Path, tmp_path: Path) -> None:
@@ -75,12 +118,12 @@ def test_strict_load_and_add(medsam2_ckpt: Path, tmp_path: Path) -> None:
     rec = W.add_weights(medsam2_ckpt, "MedSAM2_latest", wdir)
     dest = wdir / "MedSAM2_latest.pt"
     assert dest.is_file() and rec.sha256 == W.sha256_file(medsam2_ckpt)
-    assert rec.known is False and "unverified" in rec.status
+    assert rec.known is False and rec.state == UNKNOWN_STATE and rec.origin == "add"
     recorded = json.loads((wdir / W.INSTALLED_JSON).read_text())
     assert recorded["MedSAM2_latest"]["sha256"] == rec.sha256
     assert W.installed_path("MedSAM2_latest", wdir) == dest
     states = {s.name: s.state for s in W.list_weights(wdir)}
-    assert states["MedSAM2_latest"] == "unverified"
+    assert states["MedSAM2_latest"] == UNKNOWN_STATE
     assert states["MedSAM2_CTLesion"] == "not installed"
     res = {r.name: r for r in W.verify(wdir)}
     assert res["MedSAM2_latest"].ok and not res["MedSAM2_latest"].known
@@ -91,7 +134,7 @@ def test_known_sha256_installs_as_verified_release(medsam2_ckpt: Path, tmp_path:
     sha = W.sha256_file(medsam2_ckpt)
     m = _manifest_with("MedSAM2_CTLesion", sha256=sha)
     rec = W.add_weights(medsam2_ckpt, "MedSAM2_CTLesion", tmp_path, manifest=m)
-    assert rec.known and rec.status == "verified release"
+    assert rec.known and rec.state == W.PINNED
     assert {r.name: r.known for r in W.verify(tmp_path, manifest=m, deep=False)}[
         "MedSAM2_CTLesion"]
 
@@ -197,12 +240,12 @@ def test_cli_add_list_verify_path(medsam2_ckpt: Path, tmp_path: Path) -> None:
     code, out = _cli("add", str(medsam2_ckpt), "--name", "MedSAM2_latest",
                      env={"AUTOSEG_WEIGHTS_DIR": str(wdir)})
     assert code == 0, out
-    assert "unverified" in out and W.sha256_file(medsam2_ckpt) in out
+    assert UNKNOWN_STATE in out and W.sha256_file(medsam2_ckpt) in out
     code, out = _cli("list", "--json", "--weights-dir", str(wdir))
     rows = {r["name"]: r for r in json.loads(out)}
-    assert rows["MedSAM2_latest"]["state"] == "unverified"
+    assert rows["MedSAM2_latest"]["state"] == UNKNOWN_STATE
     code, out = _cli("verify", "--weights-dir", str(wdir))
-    assert code == 0 and "MedSAM2_latest: ok, unverified" in out
+    assert code == 0 and f"MedSAM2_latest: ok, {UNKNOWN_STATE}" in out
     code, out = _cli("path", "MedSAM2_latest", "--weights-dir", str(wdir))
     assert code == 0 and out.strip() == str(wdir / "MedSAM2_latest.pt")
     code, out = _cli("path", "MedSAM2_CTLesion", "--weights-dir", str(wdir))

@@ -34,20 +34,23 @@ def _wdir(weights_dir: str | None) -> Path:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_HELP)
 def weights() -> None:
-    """Install and check model weights (MedSAM2, MedSAM, the nnU-Net detector).
+    """Install and check model weights (MedSAM2, SAM 2.1, MedSAM, the nnU-Net detector).
 
     Only files listed in the weights manifest can be installed; each is loaded strictly
-    before it is copied, and its sha256 is recorded. A file whose sha256 is not the known
-    one of a released checkpoint installs as "unverified" and is reported as an
-    untrained test checkpoint.
+    before it is copied, and its sha256 is recorded. Provenance, shown by `list` and in
+    every report and SEG: "pinned release" (the sha256 the manifest pins), "official
+    download, hash not pinned" (fetched from the manifest's URL, its sha256 recorded
+    and re-checked at every load), "pinned by the user" (`add --trust`), else an unknown
+    file, reported as an untrained test checkpoint.
 
     \b
     Examples:
       autoseg weights list
+      autoseg weights fetch MedSAM2_latest
       autoseg weights add ~/Downloads/MedSAM2_latest.pt
       autoseg weights add my_random.pt --name MedSAM2_latest --weights-dir /tmp/w
+      autoseg weights add ~/models/MedSAM2_latest.pt --trust
       autoseg weights verify
-      autoseg weights fetch MedSAM2_CTLesion
     """
 
 
@@ -72,10 +75,10 @@ def list_cmd(weights_dir: str | None, as_json: bool) -> None:
     from rich.table import Table
 
     t = Table(title=f"weights in {_wdir(weights_dir)}")
-    for col in ("name", "state", "file", "architecture", "sha256"):
+    for col in ("name", "state", "file", "architecture", "sha256", "installed"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r.name, r.state, r.file, r.architecture, r.sha256[:16])
+        t.add_row(r.name, r.state, r.file, r.architecture, r.sha256[:16], r.added[:10])
     Console().print(t)
 
 
@@ -84,21 +87,29 @@ def list_cmd(weights_dir: str | None, as_json: bool) -> None:
 @click.option("--name", default=None,
               help="Manifest name (default: guessed from the file name, e.g. "
                    "MedSAM2_latest.pt -> MedSAM2_latest).")
+@click.option("--trust", is_flag=True,
+              help="Pin this file's sha256 locally: it is then reported as \"pinned by the "
+                   "user\" instead of an untrained test checkpoint (only for a file you know "
+                   "to be the genuine release; the manifest's own pins always win).")
 @_weights_dir_option
 @_handled
-def add_cmd(file: str, name: str | None, weights_dir: str | None) -> None:
+def add_cmd(file: str, name: str | None, trust: bool, weights_dir: str | None) -> None:
     """Check FILE (strict load, sha256) and copy it into the weights folder.
 
     \b
-    Example:
+    Examples:
       autoseg weights add ~/Downloads/MedSAM2_CTLesion.pt
+      autoseg weights add ~/Downloads/MedSAM2_latest.pt --name MedSAM2_latest --trust
     """
     from .weights import add_weights
 
-    rec = add_weights(file, name, _wdir(weights_dir))
+    rec = add_weights(file, name, _wdir(weights_dir), trust=trust)
     click.echo(f"{rec.name}: installed {_wdir(weights_dir) / rec.file}")
     click.echo(f"  sha256 {rec.sha256}")
-    click.echo(f"  {rec.status}")
+    click.echo(f"  {rec.state}")
+    if rec.origin == "trust":
+        click.echo(f"  pinned locally in {_wdir(weights_dir) / 'installed.json'}: reported as "
+                   f"\"pinned by the user\", not as a release pinned in the manifest")
 
 
 @weights.command("verify", epilog=EXIT_HELP)
@@ -122,8 +133,7 @@ def verify_cmd(weights_dir: str | None, quick: bool, as_json: bool) -> None:
         if not res:
             click.echo(f"no weights installed in {_wdir(weights_dir)}")
         for r in res:
-            state = ("ok, verified release" if r.known else "ok, unverified") if r.ok \
-                else f"PROBLEM: {r.problem}"
+            state = f"ok, {r.state}" if r.ok else f"PROBLEM: {r.problem}"
             click.echo(f"{r.name}: {state}")
     bad = [r for r in res if not r.ok]
     if bad:
@@ -164,17 +174,51 @@ def path_cmd(name: str | None, weights_dir: str | None) -> None:
 @weights.command("fetch", epilog=EXIT_HELP)
 @click.argument("name")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds to wait for the server before giving up.")
+              help="Seconds to wait for the server (to connect, and for each read).")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Resume an interrupted or stalled transfer this many times.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_weights_dir_option
 @_handled
-def fetch_cmd(name: str, timeout: float, weights_dir: str | None) -> None:
-    """Download NAME from the manifest's source, check it and install it.
+def fetch_cmd(name: str, timeout: float, retries: int, quiet: bool,
+              weights_dir: str | None) -> None:
+    """Download NAME from the manifest's URL, check it and install it.
+
+    The transfer goes to a hidden .part file in the weights folder and resumes from it
+    (HTTP Range) after an interruption, in this run or the next. The size and, where the
+    manifest pins one, the sha256 are checked; the file must load strictly; only then is
+    it moved into place. Proxies come from HTTPS_PROXY / HTTP_PROXY / NO_PROXY. Without
+    network it fails (exit 69) and names the manual alternative (`weights add`).
 
     \b
-    Example:
+    Examples:
       autoseg weights fetch MedSAM2_latest
+      HTTPS_PROXY=http://proxy:3128 autoseg weights fetch sam2.1_hiera_tiny
     """
     from .weights import fetch
 
-    rec = fetch(name, _wdir(weights_dir), timeout=timeout)
-    click.echo(f"{rec.name}: installed {_wdir(weights_dir) / rec.file} ({rec.status})")
+    wdir = _wdir(weights_dir)
+    if quiet:
+        rec = fetch(name, wdir, timeout=timeout, retries=retries)
+    else:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        with Progress("[progress.description]{task.description}", BarColumn(),
+                      DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                      console=Console(stderr=True), transient=False) as bar:
+            task = bar.add_task(f"fetch {name}", total=None)
+
+            def progress(done: int, total: int | None) -> None:
+                bar.update(task, completed=done, total=total)
+
+            rec = fetch(name, wdir, timeout=timeout, retries=retries, progress=progress)
+    click.echo(f"{rec.name}: installed {wdir / rec.file}")
+    click.echo(f"  sha256 {rec.sha256}")
+    click.echo(f"  {rec.state} ({rec.source}, {rec.added[:10]})")

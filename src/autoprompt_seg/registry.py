@@ -93,6 +93,12 @@ BACKENDS += (
         factory=".segment.medsam2:create", requires=("torch", "sam2"),
         weights=("MedSAM2_latest",)),
     BackendSpec(
+        name="sam2", kind="segmenter",
+        summary="vanilla SAM 2.1 (Meta, Hiera-tiny, 1024 px): the same box prompt, tracking "
+                "and early stopping as medsam2, without the medical fine-tuning (benchmark)",
+        factory=".segment.medsam2:create_sam2", requires=("torch", "sam2"),
+        weights=("sam2.1_hiera_tiny",)),
+    BackendSpec(
         name="nnunet", kind="segmenter",
         summary="nnU-Net v2's own full mask (no prompt): the components overlapping each box",
         factory=".segment.nnunet_seg:create", requires=("nnunetv2", "torch", "scipy"),

@@ -1,20 +1,28 @@
 """Weights: the known checkpoints, where they live, their sha256, and how they get installed.
 
-The manifest is ``weights/manifest.toml`` in the source tree (shipped as package data
-``autoprompt_seg/weights_manifest.toml``). Installed files live in the weights folder
+The one manifest is ``src/autoprompt_seg/weights_manifest.toml`` (package data; the tests
+check that no other copy exists). Installed files live in the weights folder
 (``--weights-dir`` / ``AUTOSEG_WEIGHTS_DIR`` / the user data folder), named as the
 manifest's ``file``; ``installed.json`` in that folder records, per name, the sha256 of the
-installed copy, where it came from and whether that sha256 is a known one.
+installed copy, how it got there (``origin``: add, fetch or trust), from where and when.
 
-Provenance rule: a checkpoint counts as a trained release only when its sha256 equals the
-non-empty sha256 of its manifest entry. Any other file (for example random weights made by
-the tests) installs as *unverified* and the segmenter reports it as an "untrained test
-checkpoint". A file whose sha256 contradicts a non-empty manifest sha256 is refused.
+Provenance: three states, decided from the file's sha256 each time a model is loaded
+(:func:`checkpoint_provenance`) and shown in report.json, the SEG and ``weights list``:
+
+* **pinned release** -- the sha256 equals the hash pinned in the manifest;
+* **official download, hash not pinned** -- ``weights fetch`` downloaded it from the
+  manifest's URL, and its sha256 is still the one recorded at download;
+* **unknown file** -- anything else (for example the random weights the tests make): an
+  "untrained test checkpoint", no accuracy may be claimed -- unless the user pinned its
+  sha256 themselves with ``weights add FILE --name N --trust`` (**pinned by the user**,
+  reported as such, never as a release).
+
+A file whose sha256 contradicts a pinned manifest sha256 is refused.
 
 Errors (exit codes of :mod:`autoprompt_seg.errors`):
 
 * 69 :class:`UnavailableError` -- the file is missing, truncated or corrupt, its sha256
-  contradicts the manifest, or a download failed;
+  or size contradicts the manifest, or a download failed;
 * 78 :class:`ConfigError` -- the file reads but is the wrong thing: not ``{"model": ...}``,
   another architecture (e.g. Hiera-small), an unknown weights name.
 """
@@ -29,8 +37,8 @@ import os
 import shutil
 import tempfile
 import tomllib
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,7 +48,19 @@ from .errors import ConfigError, UnavailableError
 log = logging.getLogger(__name__)
 
 INSTALLED_JSON = "installed.json"
+MANIFEST_FILE = "weights_manifest.toml"
 FETCH_TIMEOUT_S = 10.0
+FETCH_RETRIES = 2
+
+#: The provenance states (see the module docstring).
+PINNED = "pinned release"
+OFFICIAL = "official download, hash not pinned"
+USER_PIN = "pinned by the user"
+UNKNOWN = "untrained test checkpoint"
+#: ``origin`` values of an installed record
+ORIGINS = ("add", "fetch", "trust")
+
+ProgressFn = Callable[[int, "int | None"], None]
 
 
 @dataclass(frozen=True)
@@ -51,19 +71,24 @@ class WeightsEntry:
     source: str
     sha256: str = ""
     description: str = ""
+    size: int = 0  # bytes; 0 = not known
+
+
+def manifest_text() -> str:
+    return resources.files(__package__).joinpath(MANIFEST_FILE).read_text(encoding="utf-8")
 
 
 def load_manifest() -> dict[str, WeightsEntry]:
-    text = resources.files(__package__).joinpath("weights_manifest.toml").read_text()
     try:
-        data = tomllib.loads(text)
+        data = tomllib.loads(manifest_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"weights manifest is not valid TOML: {e}") from e
     out = {}
     for name, d in data.get("weights", {}).items():
         out[name] = WeightsEntry(name=name, file=d["file"], architecture=d["architecture"],
-                                 source=d.get("source", ""), sha256=d.get("sha256", ""),
-                                 description=d.get("description", ""))
+                                 source=d.get("source", ""), sha256=d.get("sha256", "").lower(),
+                                 description=d.get("description", ""),
+                                 size=int(d.get("size", 0)))
     return out
 
 
@@ -135,6 +160,12 @@ def sha256_path(path: Path) -> str:
 # --------------------------------------------------------------------------- records
 
 
+def _state_of(known: bool, origin: str) -> str:
+    if known:
+        return PINNED
+    return {"fetch": OFFICIAL, "trust": USER_PIN}.get(origin, f"unknown file ({UNKNOWN})")
+
+
 @dataclass(frozen=True)
 class InstalledWeights:
     """One installed checkpoint as recorded in ``installed.json``."""
@@ -143,25 +174,102 @@ class InstalledWeights:
     file: str
     architecture: str
     sha256: str
-    known: bool  # sha256 equals the manifest's (non-empty) sha256
-    source: str  # where it was added or fetched from
+    known: bool  # sha256 equals the manifest's (non-empty) pinned sha256
+    source: str  # where it was added or fetched from (a path or the download URL)
     added: str  # ISO time (UTC)
+    origin: str = "add"  # add | fetch (weights fetch from the manifest URL) | trust (user pin)
+    size: int = 0
+
+    @property
+    def state(self) -> str:
+        """:data:`PINNED`, :data:`OFFICIAL`, :data:`USER_PIN` or "unknown file (...)"."""
+        return _state_of(self.known, self.origin)
 
     @property
     def status(self) -> str:
-        return "verified release" if self.known else "unverified (untrained test checkpoint)"
+        return self.state
 
 
 def _read_installed(weights_dir: Path) -> dict[str, InstalledWeights]:
     p = Path(weights_dir) / INSTALLED_JSON
     if not p.exists():
         return {}
+    names = {f.name for f in fields(InstalledWeights)}
     try:
         data = json.loads(p.read_text())
-        return {k: InstalledWeights(**v) for k, v in data.items()}
+        return {k: InstalledWeights(**{kk: vv for kk, vv in v.items() if kk in names})
+                for k, v in data.items()}
     except (json.JSONDecodeError, TypeError, AttributeError) as e:
         raise ConfigError(f"{p}: not a valid installed-weights record ({e}); remove it and "
                           "add the weights again") from e
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What is known about a checkpoint file, from its sha256 (:func:`checkpoint_provenance`)."""
+
+    state: str  # PINNED | OFFICIAL | USER_PIN | UNKNOWN
+    name: str  # the manifest name when known, else ""
+    text: str  # one line for report.json and the SEG
+    url: str = ""
+    date: str = ""  # YYYY-MM-DD of the download or the user's pin
+
+    @property
+    def trusted(self) -> bool:
+        """Not an unknown file (the segmenters report it as trained)."""
+        return self.state != UNKNOWN
+
+    @property
+    def short(self) -> str:
+        """A few words for the SEG's ContentDescription (64 characters in all)."""
+        return {PINNED: "pinned release", OFFICIAL: "official download, unpinned",
+                USER_PIN: "user-pinned weights"}.get(self.state, "UNTRAINED test weights")
+
+
+def checkpoint_provenance(sha256: str, architecture: str, weights_dir: Path | None, *,
+                          manifest: Mapping[str, WeightsEntry] | None = None,
+                          path: Path | None = None) -> Provenance:
+    """The provenance state of a file with this ``sha256`` for ``architecture``.
+
+    Pinned release when a manifest entry of that architecture pins this sha256; else an
+    official download or a user pin when ``installed.json`` in ``weights_dir`` records
+    this very sha256 with origin ``fetch`` or ``trust`` (so the download's hash is
+    re-checked at every load: a file changed since is an unknown file again); else
+    :data:`UNKNOWN`. ``path`` only improves the warning for a changed installed file.
+    """
+    manifest = load_manifest() if manifest is None else manifest
+    sha = sha256.lower()
+    for e in manifest.values():
+        if e.sha256 and e.sha256 == sha and e.architecture == architecture:
+            return Provenance(PINNED, e.name, f"{e.name}: pinned release (sha256 {sha} "
+                                              "equals the hash pinned in the weights manifest)",
+                              e.source)
+    records = _read_installed(Path(weights_dir)) if weights_dir is not None else {}
+    for rec in records.values():
+        if rec.sha256 != sha or rec.architecture != architecture:
+            continue
+        date = rec.added[:10]
+        if rec.origin == "fetch":
+            return Provenance(OFFICIAL, rec.name,
+                              f"{rec.name}, downloaded from its official source on {date}, "
+                              f"sha256 {sha}, not independently pinned ({rec.source})",
+                              rec.source, date)
+        if rec.origin == "trust":
+            return Provenance(USER_PIN, rec.name,
+                              f"{rec.name}: sha256 {sha} pinned by the user on {date} "
+                              "(autoseg weights add --trust); not a release pinned in the "
+                              "weights manifest", "", date)
+    if path is not None:
+        for rec in records.values():
+            if (rec.origin in ("fetch", "trust") and weights_dir is not None
+                    and Path(path).resolve() == (Path(weights_dir) / rec.file).resolve()):
+                log.warning("%s: its sha256 %s differs from the one recorded when it was "
+                            "installed (%s): it changed, and is reported as an %s", path,
+                            sha[:16], rec.sha256[:16], UNKNOWN)
+    return Provenance(UNKNOWN, "", UNKNOWN)
 
 
 def _write_installed(weights_dir: Path, records: Mapping[str, InstalledWeights]) -> None:
@@ -184,16 +292,16 @@ def check_fits(path: Path, architecture: str) -> None:
     path = Path(path)
     if not path.exists():
         raise UnavailableError(f"weights file {str(path)!r}: no such file or folder")
-    if architecture == "sam2.1_hiera_tiny_512":
+    if architecture in ("sam2.1_hiera_tiny_512", "sam2.1_hiera_tiny"):
         try:
-            from .segment.medsam2 import check_checkpoint
+            from .segment.medsam2 import MEDSAM2, SAM2, check_checkpoint
         except ImportError as e:  # pragma: no cover - sam2 is a dependency
             raise UnavailableError(f"cannot check {str(path)!r}: the sam2 package is needed "
                                    f"({e})") from e
         if path.is_dir():
-            raise ConfigError(f"weights {str(path)!r} is a folder; a MedSAM2 checkpoint is one "
+            raise ConfigError(f"weights {str(path)!r} is a folder; a sam2 checkpoint is one "
                               f".pt file")
-        check_checkpoint(path)
+        check_checkpoint(path, MEDSAM2 if architecture == MEDSAM2.architecture else SAM2)
     elif architecture == "sam_vit_b":
         _check_sam_vit_b(path)
     elif architecture == "nnunetv2_model_folder":
@@ -306,14 +414,16 @@ def _now() -> str:
 
 def add_weights(file: str | os.PathLike[str], name: str | None, weights_dir: Path, *,
                 manifest: Mapping[str, WeightsEntry] | None = None,
-                source: str | None = None) -> InstalledWeights:
+                source: str | None = None, trust: bool = False) -> InstalledWeights:
     """Prove that ``file`` fits its architecture, copy it atomically into ``weights_dir``
     as the manifest's file name and record its sha256 in ``installed.json``.
 
     ``name`` (a manifest name) defaults to the entry whose file name matches. A sha256 that
-    contradicts the manifest's is refused (:class:`UnavailableError`, 69); a file that does
-    not fit is refused (:class:`ConfigError`, 78, or 69 when unreadable). Nothing is
-    installed when a check fails.
+    contradicts the manifest's pin is refused (:class:`UnavailableError`, 69); a file that
+    does not fit is refused (:class:`ConfigError`, 78, or 69 when unreadable). Nothing is
+    installed when a check fails. ``trust`` pins the file's sha256 locally (origin
+    ``trust``): it is then reported as "pinned by the user", not as an untrained test
+    checkpoint (and never as a release).
     """
     manifest = load_manifest() if manifest is None else manifest
     src = Path(file).expanduser()
@@ -322,12 +432,25 @@ def add_weights(file: str | os.PathLike[str], name: str | None, weights_dir: Pat
     name = name or guess_name(src, manifest)
     entry = _entry(name, manifest)
     sha = sha256_path(src)
-    if entry.sha256 and sha != entry.sha256.lower():
-        raise UnavailableError(f"weights file {str(src)!r} has sha256 {sha}, but the manifest "
-                               f"says {name} is {entry.sha256.lower()}: a damaged or different "
-                               "file; refusing to install it")
+    _check_pin(entry, sha, str(src))
     check_fits(src, entry.architecture)
-    wdir = Path(weights_dir)
+    origin = "trust" if trust and not entry.sha256 else "add"
+    if trust and entry.sha256:
+        log.info("%s: the manifest pins its sha256 already; --trust is not needed", name)
+    return _install(src, entry, sha, Path(weights_dir), origin=origin,
+                    source=source or str(src), move=False)
+
+
+def _check_pin(entry: WeightsEntry, sha: str, what: str) -> None:
+    if entry.sha256 and sha != entry.sha256:
+        raise UnavailableError(f"weights file {what!r} has sha256 {sha}, but the manifest "
+                               f"pins {entry.name} at {entry.sha256}: a damaged or different "
+                               "file; refusing to install it")
+
+
+def _install(src: Path, entry: WeightsEntry, sha: str, wdir: Path, *, origin: str,
+             source: str, move: bool) -> InstalledWeights:
+    """Copy (or move) ``src`` into ``wdir`` as ``entry.file`` atomically and record it."""
     try:
         wdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -336,11 +459,13 @@ def add_weights(file: str | os.PathLike[str], name: str | None, weights_dir: Pat
     tmp = Path(tempfile.mkdtemp(dir=wdir, prefix=f".adding-{entry.file}-"))
     try:
         staged = tmp / entry.file
-        if src.is_dir():
+        if move:
+            os.replace(src, staged)
+        elif src.is_dir():
             shutil.copytree(src, staged)
         else:
             shutil.copyfile(src, staged)
-        if sha256_path(staged) != sha:
+        if not move and sha256_path(staged) != sha:
             raise UnavailableError(f"copying {str(src)!r} into {str(wdir)!r} changed its "
                                    "content (disk full or failing?)")
         if dest.is_dir() and not dest.is_symlink():
@@ -352,17 +477,19 @@ def add_weights(file: str | os.PathLike[str], name: str | None, weights_dir: Pat
             os.replace(staged, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    rec = InstalledWeights(name=name, file=entry.file, architecture=entry.architecture,
-                           sha256=sha, known=bool(entry.sha256), source=source or str(src),
-                           added=_now())
+    size = dest.stat().st_size if dest.is_file() else 0
+    rec = InstalledWeights(name=entry.name, file=entry.file, architecture=entry.architecture,
+                           sha256=sha, known=bool(entry.sha256 and sha == entry.sha256),
+                           source=source, added=_now(), origin=origin, size=size)
     records = _read_installed(wdir)
-    records[name] = rec
+    records[entry.name] = rec
     _write_installed(wdir, records)
-    if rec.known:
-        log.info("installed %s (%s): sha256 matches the manifest", name, dest)
+    if origin == "add" and not rec.known:
+        log.warning("installed %s (%s) as an unknown file: the manifest pins no sha256 for it "
+                    "and it was not downloaded from the manifest's URL, so it is reported as "
+                    "an %s", entry.name, dest, UNKNOWN)
     else:
-        log.warning("installed %s (%s) as UNVERIFIED: the manifest has no sha256 for it, so "
-                    "it is reported as an untrained test checkpoint", name, dest)
+        log.info("installed %s (%s): %s", entry.name, dest, rec.state)
     return rec
 
 
@@ -379,12 +506,17 @@ class WeightsStatus:
     known: bool
     description: str
     source: str
+    origin: str = ""
+    added: str = ""
+    pinned_sha256: str = ""
 
     @property
     def state(self) -> str:
         if not self.installed:
             return "not installed"
-        return "verified release" if self.known else "unverified"
+        if not self.sha256:
+            return f"unknown file ({UNKNOWN}): not recorded in {INSTALLED_JSON}"
+        return _state_of(self.known, self.origin)
 
 
 def list_weights(weights_dir: Path, *, manifest: Mapping[str, WeightsEntry] | None = None
@@ -399,9 +531,10 @@ def list_weights(weights_dir: Path, *, manifest: Mapping[str, WeightsEntry] | No
         out.append(WeightsStatus(name=e.name, file=e.file, architecture=e.architecture,
                                  installed=p.exists(), path=str(p),
                                  sha256=rec.sha256 if rec else "",
-                                 known=bool(rec and rec.known and e.sha256
-                                            and rec.sha256 == e.sha256.lower()),
-                                 description=e.description, source=e.source))
+                                 known=bool(rec and e.sha256 and rec.sha256 == e.sha256),
+                                 description=e.description, source=e.source,
+                                 origin=rec.origin if rec else "",
+                                 added=rec.added if rec else "", pinned_sha256=e.sha256))
     return out
 
 
@@ -414,6 +547,7 @@ class VerifyResult:
     known: bool
     problem: str = ""
     exit_code: int = 0
+    state: str = ""
 
 
 def verify(weights_dir: Path, *, manifest: Mapping[str, WeightsEntry] | None = None,
@@ -435,9 +569,9 @@ def verify(weights_dir: Path, *, manifest: Mapping[str, WeightsEntry] | None = N
             problem, code = f"{p} is recorded as installed but missing", 69
         else:
             sha = sha256_path(p)
-            if e.sha256 and sha != e.sha256.lower():
+            if e.sha256 and sha != e.sha256:
                 problem, code = (f"{p}: sha256 {sha} does not match the manifest's "
-                                 f"{e.sha256.lower()}"), 69
+                                 f"{e.sha256}"), 69
             elif rec is not None and sha != rec.sha256:
                 problem, code = (f"{p}: sha256 {sha} differs from the one recorded when it was "
                                  f"added ({rec.sha256}); the file changed"), 69
@@ -449,22 +583,43 @@ def verify(weights_dir: Path, *, manifest: Mapping[str, WeightsEntry] | None = N
                     check_fits(p, e.architecture)
                 except (UnavailableError, ConfigError) as err:
                     problem, code = str(err), err.exit_code
+        known = bool(e.sha256 and sha == e.sha256)
+        state = _state_of(known, rec.origin if rec else "add") if not problem else ""
         out.append(VerifyResult(name=e.name, path=str(p), ok=not problem, sha256=sha,
-                                known=bool(e.sha256 and sha == e.sha256.lower()),
-                                problem=problem, exit_code=code))
+                                known=known, problem=problem, exit_code=code, state=state))
     return out
 
 
+class _Interrupted(Exception):
+    """The body of a download stopped early (closed, stalled past the timeout)."""
+
+
+def _part_paths(wdir: Path, entry: WeightsEntry) -> tuple[Path, Path]:
+    return wdir / f".{entry.file}.part", wdir / f".{entry.file}.part.json"
+
+
 def fetch(name: str, weights_dir: Path, *, timeout: float = FETCH_TIMEOUT_S,
-          manifest: Mapping[str, WeightsEntry] | None = None) -> InstalledWeights:
-    """Download ``name`` from the manifest's source, then install it like :func:`add_weights`.
+          manifest: Mapping[str, WeightsEntry] | None = None,
+          progress: ProgressFn | None = None, retries: int = FETCH_RETRIES,
+          chunk: int = 1 << 20) -> InstalledWeights:
+    """Download ``name`` from the manifest's URL, check it and install it atomically.
 
-    Fails fast (``timeout`` seconds per connection attempt) with :class:`UnavailableError`
-    where no network is reachable, naming the URL and the manual alternative.
+    * The download goes to ``.FILE.part`` in the weights folder, never to the installed
+      name; an interrupted or stalled transfer keeps it, and the next attempt (up to
+      ``retries`` more in this call, or a later call) resumes it with an HTTP ``Range``
+      request. A server that ignores ``Range`` restarts it from the beginning.
+    * The size (the manifest's ``size``, else the server's ``Content-Length``) and, where
+      the manifest pins one, the sha256 are checked; a mismatch deletes the partial file
+      and raises :class:`UnavailableError` (69).
+    * The file must load strictly into its architecture; it is then moved into place and
+      recorded with origin ``fetch``, the URL and the date: reported as "official download,
+      hash not pinned" (or "pinned release" when the manifest pins its sha256).
+    * Proxies come from the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``).
+    * ``timeout`` seconds bound the connection and every read; no network fails fast
+      with :class:`UnavailableError` naming the URL and the manual alternative.
+
+    ``progress(done_bytes, total_bytes or None)`` is called as data arrives.
     """
-    import urllib.error
-    import urllib.request
-
     manifest = load_manifest() if manifest is None else manifest
     entry = _entry(name, manifest)
     if not entry.source:
@@ -473,18 +628,164 @@ def fetch(name: str, weights_dir: Path, *, timeout: float = FETCH_TIMEOUT_S,
     if not entry.source.startswith(("https://", "http://")):
         raise ConfigError(f"weights {name!r}: the manifest source must be an http(s) URL; got "
                           f"{entry.source!r}")
+    if retries < 0:
+        raise ValueError(f"Argument 'retries' must be >= 0; got {retries}")
     wdir = Path(weights_dir)
-    wdir.mkdir(parents=True, exist_ok=True)
+    try:
+        wdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"Argument 'weights_dir': cannot create {str(wdir)!r} ({e})") from e
+    part, meta = _part_paths(wdir, entry)
+    ident = {"url": entry.source, "sha256": entry.sha256, "size": entry.size}
+    try:
+        same = json.loads(meta.read_text()) == ident
+    except (OSError, json.JSONDecodeError):
+        same = False
+    if part.exists() and not same:
+        log.info("%s: a partial download of another source or version; starting afresh", part)
+        part.unlink()
+    meta.write_text(json.dumps(ident))
+    try:
+        return _fetch_into(entry, wdir, part, timeout=timeout, progress=progress,
+                           retries=retries, chunk=chunk)
+    finally:
+        if not part.exists():
+            meta.unlink(missing_ok=True)
+
+
+def _fetch_into(entry: WeightsEntry, wdir: Path, part: Path, *, timeout: float,
+                progress: ProgressFn | None, retries: int, chunk: int) -> InstalledWeights:
+    name = entry.name
     hint = (f"download {entry.source} on a machine with network access and run "
             f"`autoseg weights add {entry.file} --name {name}`")
-    with tempfile.TemporaryDirectory(dir=wdir, prefix=f".fetch-{name}-") as tmp:
-        part = Path(tmp) / entry.file
+    attempt = 0
+    while True:
         try:
-            req = urllib.request.Request(entry.source, headers={"User-Agent": "autoprompt_seg"})
-            with urllib.request.urlopen(req, timeout=timeout) as resp, open(part, "wb") as f:
-                shutil.copyfileobj(resp, f, length=1 << 20)
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
-            raise UnavailableError(f"cannot download {name} from {entry.source} ({reason}); "
-                                   f"{hint}") from e
-        return add_weights(part, name, wdir, manifest=manifest, source=entry.source)
+            _download(entry, part, timeout=timeout, progress=progress, chunk=chunk, hint=hint)
+            break
+        except _Interrupted as e:
+            attempt += 1
+            have = part.stat().st_size if part.exists() else 0
+            if attempt > retries:
+                raise UnavailableError(
+                    f"download of {name} from {entry.source} was interrupted ({e}); "
+                    f"{have} bytes are kept in {part}: run `autoseg weights fetch {name}` "
+                    f"again to resume, or {hint}") from e
+            log.warning("download of %s interrupted (%s) after %d bytes; resuming (%d/%d)",
+                        name, e, have, attempt, retries)
+    size = part.stat().st_size
+    if entry.size and size != entry.size:
+        part.unlink()
+        raise UnavailableError(f"download of {name} from {entry.source} has {size} bytes; the "
+                               f"manifest says {entry.size}: the partial file is deleted")
+    sha = sha256_file(part)
+    if entry.sha256 and sha != entry.sha256:
+        part.unlink()
+        raise UnavailableError(f"download of {name} from {entry.source} has sha256 {sha}; the "
+                               f"manifest pins {entry.sha256}: the file is deleted, nothing "
+                               "was installed")
+    try:
+        check_fits(part, entry.architecture)
+    except (ConfigError, UnavailableError):
+        part.unlink()
+        raise
+    return _install(part, entry, sha, wdir, origin="fetch", source=entry.source, move=True)
+
+
+def _download(entry: WeightsEntry, part: Path, *, timeout: float,
+              progress: ProgressFn | None, chunk: int, hint: str) -> None:
+    """One request: append to ``part`` from its current size (HTTP Range) to the end.
+
+    Raises :class:`_Interrupted` when the body stops early (resumable) and
+    :class:`UnavailableError` for everything that a retry would not fix."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    url = entry.source
+    have = part.stat().st_size if part.exists() else 0
+    if entry.size and have > entry.size:
+        part.unlink()
+        have = 0
+    if entry.size and have == entry.size:
+        return  # complete already; the checks follow
+    headers = {"User-Agent": "autoprompt_seg", "Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    # ProxyHandler() reads HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler())
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        resp = opener.open(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:
+            complete = _content_range_total(e.headers.get("Content-Range", "")) == have
+            e.close()
+            if complete:
+                return  # the partial file is already complete
+            part.unlink()
+            raise _Interrupted("the server refused to resume; restarting") from e
+        e.close()
+        raise UnavailableError(f"cannot download {entry.name} from {url}: HTTP {e.code} "
+                               f"{e.reason}; {hint}") from e
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", e)
+        raise UnavailableError(f"cannot download {entry.name} from {url} ({reason}); "
+                               f"{hint}") from e
+    with resp:
+        if have and resp.status == 206:
+            start = _content_range_start(resp.headers.get("Content-Range", ""))
+            if start != have:
+                part.unlink()
+                raise _Interrupted(f"the server resumed at byte {start}, not {have}; "
+                                   "restarting")
+            mode = "ab"
+        else:
+            if have:
+                log.info("%s: the server ignored the Range request; downloading afresh", url)
+            have, mode = 0, "wb"
+        length = resp.headers.get("Content-Length")
+        total: int | None = have + int(length) if length and length.isdigit() else None
+        if entry.size and total is not None and total != entry.size:
+            part.unlink(missing_ok=True)
+            raise UnavailableError(f"download of {entry.name} from {url}: the server announces "
+                                   f"{total} bytes; the manifest says {entry.size}: refused")
+        total = total or entry.size or None
+        if progress is not None:
+            progress(have, total)
+        with open(part, mode) as f:
+            while True:
+                try:  # read1: whatever has arrived (read() would wait for a whole chunk)
+                    buf = resp.read1(chunk)
+                except (OSError, http.client.HTTPException) as e:  # timeouts included
+                    raise _Interrupted(f"{type(e).__name__}: {e} (timeout {timeout:g} s)"
+                                       ) from e
+                if not buf:
+                    break
+                f.write(buf)
+                have += len(buf)
+                if entry.size and have > entry.size:
+                    f.close()
+                    part.unlink()
+                    raise UnavailableError(f"download of {entry.name} from {url} exceeds the "
+                                           f"{entry.size} bytes of the manifest: refused")
+                if progress is not None:
+                    progress(have, total)
+        if total is not None and have < total:
+            raise _Interrupted(f"the connection closed after {have} of {total} bytes")
+
+
+def _content_range_start(value: str) -> int:
+    """``bytes 100-199/200`` -> 100 (-1 when unreadable)."""
+    try:
+        return int(value.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _content_range_total(value: str) -> int:
+    """``bytes */200`` or ``bytes 0-1/200`` -> 200 (-1 when unreadable)."""
+    try:
+        return int(value.rsplit("/", 1)[1])
+    except (IndexError, ValueError):
+        return -1

@@ -430,14 +430,23 @@ class CheckpointChoice:
     trained: bool  # known release sha256, or a valid training record
     provenance: str
     record: Mapping[str, Any] | None = None  # training record, when trained here
+    state: str = "untrained test checkpoint"  # weights.PINNED | OFFICIAL | USER_PIN | ...
 
 
 def resolve_checkpoint(settings: Settings, options: MedSAMOptions) -> CheckpointChoice:
     """Find the checkpoint (a file path, or a manifest name installed in the weights folder)
-    and decide its provenance: a known (non-empty) manifest sha256 of a SAM ViT-B entry, or
-    a valid training record beside the file (:func:`autoprompt_seg.weights.training_record`),
+    and decide its provenance: a pinned release, an official download or a user pin
+    (:func:`autoprompt_seg.weights.checkpoint_provenance`), or a valid training record
+    beside the file (:func:`autoprompt_seg.weights.training_record`),
     else an untrained test checkpoint."""
-    from ..weights import installed_path, load_manifest, sha256_file, training_record
+    from ..weights import (
+        UNKNOWN,
+        checkpoint_provenance,
+        installed_path,
+        load_manifest,
+        sha256_file,
+        training_record,
+    )
 
     manifest = load_manifest()
     ref = options.checkpoint
@@ -459,17 +468,16 @@ def resolve_checkpoint(settings: Settings, options: MedSAMOptions) -> Checkpoint
         raise UnavailableError(f"Option 'medsam.checkpoint' must be a known weights name "
                                f"({names}) or an existing file; got {ref!r}")
     sha = sha256_file(p)
-    known = {e.sha256.lower(): e.name for e in manifest.values()
-             if e.sha256 and e.architecture == ARCHITECTURE}
-    if sha in known:
-        return CheckpointChoice(p, known[sha], sha, True,
-                                f"{known[sha]} (sha256 matches the weights manifest)")
-    rec = training_record(p)
     name = ref if ref in manifest else p.name
+    prov = checkpoint_provenance(sha, ARCHITECTURE, settings.weights_dir, manifest=manifest,
+                                 path=p)
+    if prov.state != UNKNOWN:  # pinned release, official download or user pin
+        return CheckpointChoice(p, prov.name or name, sha, True, prov.text, state=prov.state)
+    rec = training_record(p)
     if rec is not None:
-        prov = (f"trained here: {rec.get('model', NAME)}, {rec.get('n_cases', '?')} case(s), "
+        text = (f"trained here: {rec.get('model', NAME)}, {rec.get('n_cases', '?')} case(s), "
                 f"{rec.get('epochs', '?')} epoch(s), data {rec.get('data_hash', '?')}")
-        return CheckpointChoice(p, name, sha, True, prov, rec)
+        return CheckpointChoice(p, name, sha, True, text, rec, state="trained here")
     return CheckpointChoice(p, name, sha, False, "untrained test checkpoint")
 
 
@@ -537,7 +545,7 @@ class MedSAMSegmenter:
             "preprocess": self.preprocess, "window_level_width": list(self.window),
             "checkpoint_file": c.path.name, "prompt": "one 2-D box per slice",
             "segment_anything_version": segment_anything_version(),
-            "provenance": c.provenance,
+            "provenance": c.provenance, "provenance_state": c.state,
         }
         if not c.trained:
             details["note"] = UNTRAINED_NOTE

@@ -9,12 +9,16 @@ initialises Hydra on import), so importing this module has no side effect.
 
 How a study is segmented (see ``docs/medsam2.md``):
 
-1. **Preprocessing, once per study, only for visited slices.** A slice is windowed
-   (default: lung window, level -600 HU, width 1500 HU; ``settings.options["medsam2_window"]
-   = (level, width)``), scaled to 0..255 and truncated to ``uint8`` (MedSAM2's CT recipe),
-   resized to 512x512 (PIL bicubic, identity for 512x512 slices), divided by 255 and
-   normalised with the ImageNet mean/std, in float32 (the encoder then runs under bf16
-   autocast on CUDA). The ``uint8`` slice is kept; the float frame only while it is encoded.
+1. **Preprocessing, once per study, only for visited slices.** As MedSAM2's CT script
+   (``medsam2_infer_3D_CT.py``) and MedSAM's ``pre_CT_MR.py``: the study is clipped to the
+   window (default: lung window, level -600 HU, width 1500 HU;
+   ``settings.options["medsam2_window"] = (level, width)``), then min-max scaled over the
+   *clipped study* (its own minimum and maximum, e.g. -1024..150 HU for air at -1024) to
+   0..255 and truncated to ``uint8`` (``medsam2_scaling = "study-minmax"``, the default;
+   ``"window"`` scales by the nominal window bounds instead). Each slice is then resized to
+   512x512 (PIL bicubic, identity for 512x512 slices), divided by 255 and normalised with
+   the ImageNet mean/std, in float32 (the encoder then runs under bf16 autocast on CUDA).
+   The ``uint8`` slice is kept; the float frame only while it is encoded.
 2. **Image features, once per slice per study.** A memory-bounded LRU cache
    (:class:`FeatureCache`) holds the encoder's outputs; every lesion and both directions
    share it. The encoder runs in batches of ``medsam2_encoder_batch`` slices along the
@@ -32,6 +36,11 @@ How a study is segmented (see ``docs/medsam2.md``):
 
 sam2's hole filling (its CUDA-only ``_C`` extension) is switched off (``fill_hole_area=0``)
 on every device so that CPU and GPU follow the same procedure.
+
+The ``sam2`` segmenter (:func:`create_sam2`) is the same procedure with vanilla SAM 2.1
+Hiera-tiny (Meta, 1024 px, sam2's own ``configs/sam2.1/sam2.1_hiera_t.yaml``) and its
+checkpoint ``sam2.1_hiera_tiny``; its options are the ``sam2_*`` keys (or a nested
+``options["sam2"]`` mapping), with the same meanings and defaults.
 """
 
 from __future__ import annotations
@@ -68,6 +77,10 @@ IMAGE_SIZE = 512
 DEFAULT_CHECKPOINT = "MedSAM2_latest"
 #: Lung window (level, width) in HU: the default CT window of the segmenter.
 DEFAULT_WINDOW: tuple[float, float] = (-600.0, 1500.0)
+#: How windowed HU become 0..255: "study-minmax" (MedSAM2's CT script: min-max over the
+#: clipped study) or "window" (the nominal window bounds).
+SCALINGS = ("study-minmax", "window")
+DEFAULT_SCALING = "study-minmax"
 DEFAULT_EMPTY_STOP = 3
 DEFAULT_Z_MARGIN_MM = 10.0
 MIN_Z_MARGIN_SLICES = 2
@@ -76,6 +89,33 @@ IMG_MEAN = (0.485, 0.456, 0.406)
 IMG_STD = (0.229, 0.224, 0.225)
 UNTRAINED_NOTE = ("untrained test checkpoint: its sha256 matches no known MedSAM2 release in "
                   "the weights manifest; no accuracy may be claimed for its masks")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Which sam2-family model a segmenter runs: MedSAM2 (512 px) or vanilla SAM 2.1."""
+
+    name: str  # backend name, and the prefix of its option keys
+    architecture: str  # manifest architecture
+    config_package: str  # package that holds the Hydra config
+    config: str  # path of the config inside that package
+    image_size: int
+    default_checkpoint: str
+    label: str
+
+    @property
+    def untrained_note(self) -> str:
+        return (f"untrained test checkpoint: its sha256 matches no known {self.label} release "
+                "in the weights manifest; no accuracy may be claimed for its masks")
+
+
+MEDSAM2 = Variant(NAME, ARCHITECTURE, "autoprompt_seg", f"configs/{CONFIG_NAME}", IMAGE_SIZE,
+                  DEFAULT_CHECKPOINT, "MedSAM2")
+#: Vanilla SAM 2.1 Hiera-tiny at 1024 px, sam2's own config (its checkpoint has the same
+#: keys and shapes as MedSAM2's: only the image size and the RoPE sizes differ).
+SAM2 = Variant("sam2", "sam2.1_hiera_tiny", "sam2", "configs/sam2.1/sam2.1_hiera_t.yaml",
+               1024, "sam2.1_hiera_tiny", "SAM 2.1")
+VARIANTS = {v.name: v for v in (MEDSAM2, SAM2)}
 
 #: Hydra overrides that ``sam2.build_sam.build_sam2_video_predictor`` applies by default
 #: (``apply_postprocessing=True``), except hole filling, which needs sam2's CUDA ``_C``.
@@ -99,6 +139,7 @@ class MedSAM2Options:
 
     checkpoint: str = DEFAULT_CHECKPOINT  # manifest name or path of a checkpoint file
     window: tuple[float, float] = DEFAULT_WINDOW  # (level, width) HU
+    scaling: str = DEFAULT_SCALING  # "study-minmax" (MedSAM2's script) | "window"
     empty_stop: int = DEFAULT_EMPTY_STOP  # k consecutive empty slices end a direction
     z_margin_mm: float = DEFAULT_Z_MARGIN_MM  # beyond the box's z-extent
     cache_mb: float = DEFAULT_CACHE_MB  # image-feature cache bound
@@ -106,38 +147,53 @@ class MedSAM2Options:
     bf16: bool = True  # bf16 autocast on CUDA (never on the CPU)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> MedSAM2Options:
-        """Validate ``settings.options``; a bad value raises :class:`ConfigError` naming it."""
-        o = settings.options
-        kw: dict[str, Any] = {}
-        if "medsam2_checkpoint" in o:
-            v = o["medsam2_checkpoint"]
+    def from_settings(cls, settings: Settings, variant: Variant | None = None
+                      ) -> MedSAM2Options:
+        """Validate ``settings.options`` (keys ``<variant>_*``, default ``medsam2_*``; for
+        another variant also a nested ``options["<variant>"]`` mapping); a bad value raises
+        :class:`ConfigError` naming it."""
+        variant = variant or MEDSAM2
+        pre = variant.name
+        o: dict[str, Any] = dict(settings.options)
+        nested = o.get(pre) if pre != NAME else None
+        if isinstance(nested, Mapping):
+            for k, v in nested.items():
+                o.setdefault(f"{pre}_{k}", v)
+        kw: dict[str, Any] = {"checkpoint": variant.default_checkpoint}
+        if f"{pre}_checkpoint" in o:
+            v = o[f"{pre}_checkpoint"]
             if not isinstance(v, (str, Path)) or not str(v):
-                raise ConfigError(f"Option 'medsam2_checkpoint' must be a weights name or a "
+                raise ConfigError(f"Option '{pre}_checkpoint' must be a weights name or a "
                                   f"file path; got {v!r}")
             kw["checkpoint"] = str(v)
-        if "medsam2_window" in o:
-            v = o["medsam2_window"]
+        if f"{pre}_window" in o:
+            v = o[f"{pre}_window"]
             if isinstance(v, str):
                 v = v.replace(",", " ").split()
             try:
                 level, width = (float(x) for x in v)
             except (TypeError, ValueError):
-                raise ConfigError(f"Option 'medsam2_window' must be (level, width) in HU; "
-                                  f"got {o['medsam2_window']!r}") from None
+                raise ConfigError(f"Option '{pre}_window' must be (level, width) in HU; "
+                                  f"got {o[f'{pre}_window']!r}") from None
             if not (math.isfinite(level) and math.isfinite(width) and width > 0):
-                raise ConfigError(f"Option 'medsam2_window' must have a finite level and a "
-                                  f"positive width; got {o['medsam2_window']!r}")
+                raise ConfigError(f"Option '{pre}_window' must have a finite level and a "
+                                  f"positive width; got {o[f'{pre}_window']!r}")
             kw["window"] = (level, width)
-        for key, attr, lo in (("medsam2_empty_stop", "empty_stop", 1),
-                              ("medsam2_encoder_batch", "encoder_batch", 0)):
+        if f"{pre}_scaling" in o:
+            v = o[f"{pre}_scaling"]
+            if v not in SCALINGS:
+                raise ConfigError(f"Option '{pre}_scaling' must be one of "
+                                  f"{', '.join(map(repr, SCALINGS))}; got {v!r}")
+            kw["scaling"] = str(v)
+        for key, attr, lo in ((f"{pre}_empty_stop", "empty_stop", 1),
+                              (f"{pre}_encoder_batch", "encoder_batch", 0)):
             if key in o:
                 v = o[key]
                 if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                     raise ConfigError(f"Option {key!r} must be an integer >= {lo}; got {v!r}")
                 kw[attr] = int(v)
-        for key, attr, positive in (("medsam2_z_margin_mm", "z_margin_mm", False),
-                                    ("medsam2_cache_mb", "cache_mb", True)):
+        for key, attr, positive in ((f"{pre}_z_margin_mm", "z_margin_mm", False),
+                                    (f"{pre}_cache_mb", "cache_mb", True)):
             if key in o:
                 v = o[key]
                 ok = isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
@@ -146,10 +202,10 @@ class MedSAM2Options:
                     raise ConfigError(f"Option {key!r} must be a {'positive' if positive else 'non-negative'} "
                                       f"number; got {v!r}")
                 kw[attr] = float(v)
-        if "medsam2_bf16" in o:
-            v = o["medsam2_bf16"]
+        if f"{pre}_bf16" in o:
+            v = o[f"{pre}_bf16"]
             if not isinstance(v, bool):
-                raise ConfigError(f"Option 'medsam2_bf16' must be true or false; got {v!r}")
+                raise ConfigError(f"Option '{pre}_bf16' must be true or false; got {v!r}")
             kw["bf16"] = v
         return cls(**kw)
 
@@ -184,13 +240,50 @@ def default_encoder_batch(device: str) -> int:
 # --------------------------------------------------------------------------- preprocessing
 
 
+def window_bounds(window: tuple[float, float]) -> tuple[float, float]:
+    """(level, width) -> (lower, upper) HU."""
+    level, width = window
+    return level - width / 2.0, level + width / 2.0
+
+
+def intensity_range(hu: npt.NDArray[np.floating[Any]], window: tuple[float, float],
+                    scaling: str = DEFAULT_SCALING) -> tuple[float, float]:
+    """The HU values that become 0 and 255.
+
+    ``"study-minmax"`` (MedSAM2's CT script): the minimum and maximum of the study clipped
+    to the window, e.g. (-1024, 150) for a lung window on a CT whose air is -1024 HU.
+    ``"window"``: the window's own bounds, e.g. (-1350, 150).
+    """
+    lo, hi = window_bounds(window)
+    if scaling == "window":
+        return lo, hi
+    if scaling != "study-minmax":
+        raise ValueError(f"Argument 'scaling' must be one of {SCALINGS}; got {scaling!r}")
+    a = np.asarray(hu)
+    if a.size == 0:
+        raise ValueError("Argument 'hu' must not be empty")
+    return (float(np.clip(np.float64(a.min()), lo, hi)),
+            float(np.clip(np.float64(a.max()), lo, hi)))
+
+
+def scale_uint8(hu: npt.NDArray[np.floating[Any]], window: tuple[float, float],
+                value_range: tuple[float, float]) -> npt.NDArray[np.uint8]:
+    """Clip HU to the window, map ``value_range`` to 0..255 and truncate to uint8, in
+    float64 and in the order of MedSAM2's script: ``(x - min) / (max - min) * 255``.
+    A constant study (max == min) gives zeros."""
+    lo, hi = window_bounds(window)
+    mn, mx = value_range
+    x = np.clip(np.asarray(hu, dtype=np.float64), lo, hi) - mn
+    if mx <= mn:
+        return np.zeros(x.shape, dtype=np.uint8)
+    return (x / (mx - mn) * 255.0).astype(np.uint8)
+
+
 def window_uint8(hu: npt.NDArray[np.floating[Any]], window: tuple[float, float]
                  ) -> npt.NDArray[np.uint8]:
-    """Window HU to 0..255 and truncate to uint8 (MedSAM2's CT recipe), in float64."""
-    level, width = window
-    lo, hi = level - width / 2.0, level + width / 2.0
-    x = (np.clip(np.asarray(hu, dtype=np.float64), lo, hi) - lo) / (hi - lo) * 255.0
-    return x.astype(np.uint8)
+    """Window HU to 0..255 by the window's nominal bounds and truncate to uint8 (the
+    ``"window"`` scaling), in float64."""
+    return scale_uint8(hu, window, window_bounds(window))
 
 
 def resize_uint8(u8: npt.NDArray[np.uint8], size: int = IMAGE_SIZE) -> npt.NDArray[np.uint8]:
@@ -211,13 +304,20 @@ def normalize_frames(u8: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
 
 
 class FrameSource:
-    """The study's slices, windowed and resized lazily: each visited slice once."""
+    """The study's slices, windowed and resized lazily: each visited slice once.
 
-    def __init__(self, hu: npt.NDArray[np.float32], window: tuple[float, float]) -> None:
+    The intensity range (:func:`intensity_range`) is taken over the whole study once, so a
+    slice's pixels do not depend on which slices are visited."""
+
+    def __init__(self, hu: npt.NDArray[np.float32], window: tuple[float, float],
+                 scaling: str = DEFAULT_SCALING, size: int = IMAGE_SIZE) -> None:
         if hu.ndim != 3:
             raise ValueError(f"Argument 'hu' must be 3-D (z, y, x); got shape {hu.shape}")
         self.hu = hu
         self.window = window
+        self.scaling = scaling
+        self.size = size
+        self.value_range = intensity_range(hu, window, scaling)
         self._u8: dict[int, npt.NDArray[np.uint8]] = {}
         self.preprocessed = 0
 
@@ -226,10 +326,10 @@ class FrameSource:
         return int(self.hu.shape[0])
 
     def uint8(self, z: int) -> npt.NDArray[np.uint8]:
-        """The windowed 512x512 ``uint8`` slice ``z`` (computed on first use)."""
+        """The scaled ``size`` x ``size`` ``uint8`` slice ``z`` (computed on first use)."""
         f = self._u8.get(z)
         if f is None:
-            f = resize_uint8(window_uint8(self.hu[z], self.window))
+            f = resize_uint8(scale_uint8(self.hu[z], self.window, self.value_range), self.size)
             self._u8[z] = f
             self.preprocessed += 1
         return f
@@ -250,13 +350,14 @@ def box_pixels(box: Box3D) -> torch.Tensor:
     return torch.tensor([box.x0, box.y0, box.x1 - 1, box.y1 - 1], dtype=torch.float32)
 
 
-def box_to_model(box: Box3D, height: int, width: int) -> torch.Tensor:
-    """The box as the model sees it, at 512 px: ``(x / width, y / height) * 512`` in
+def box_to_model(box: Box3D, height: int, width: int, size: int = IMAGE_SIZE
+                 ) -> torch.Tensor:
+    """The box as the model sees it, at ``size`` px: ``(x / width, y / height) * size`` in
     float32, exactly as sam2's ``add_new_points_or_box(normalize_coords=True)`` maps it."""
     import torch
 
     b = box_pixels(box).reshape(2, 2) / torch.tensor([width, height])
-    return (b * IMAGE_SIZE).reshape(4)
+    return (b * size).reshape(4)
 
 
 # --------------------------------------------------------------------------- feature cache
@@ -348,9 +449,11 @@ class FeatureCache:
 # --------------------------------------------------------------------------- model
 
 
-def config_path() -> Path:
-    """The shipped 512-px Hiera-tiny config."""
-    return Path(str(resources.files("autoprompt_seg").joinpath("configs", CONFIG_NAME)))
+def config_path(variant: Variant | None = None) -> Path:
+    """The model config: the shipped 512-px Hiera-tiny config for MedSAM2, sam2's own
+    ``sam2.1_hiera_t.yaml`` for vanilla SAM 2.1."""
+    v = variant or MEDSAM2
+    return Path(str(resources.files(v.config_package).joinpath(v.config)))
 
 
 _PREDICTOR_CLASS: type | None = None
@@ -442,8 +545,10 @@ def predictor_class() -> type:
     return InMemoryVideoPredictor
 
 
-def build_model(device: str = "cpu", predictor: type | None = None) -> Any:
-    """The 512-px Hiera-tiny video predictor with random weights, in eval mode.
+def build_model(device: str = "cpu", predictor: type | None = None,
+                variant: Variant | None = None) -> Any:
+    """The Hiera-tiny video predictor (512 px for MedSAM2, 1024 px for ``variant=SAM2``)
+    with random weights, in eval mode.
 
     ``predictor`` defaults to :func:`predictor_class`; the reference procedure of the tests
     passes sam2's stock legacy predictor. Hydra's global state is not touched (the config
@@ -453,7 +558,7 @@ def build_model(device: str = "cpu", predictor: type | None = None) -> Any:
     from omegaconf import OmegaConf
 
     cls = predictor or predictor_class()
-    cfg = OmegaConf.load(config_path())
+    cfg = OmegaConf.load(config_path(variant))
     for key, value in POSTPROCESSING_OVERRIDES.items():
         OmegaConf.update(cfg, key, value, force_add=True)
     OmegaConf.resolve(cfg)
@@ -484,7 +589,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
                                f"read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
     if not isinstance(obj, dict) or "model" not in obj:
         found = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
-        raise ConfigError(f"checkpoint {str(path)!r} is not in MedSAM2's format: expected a dict "
+        raise ConfigError(f"checkpoint {str(path)!r} is not in sam2's checkpoint format: expected a dict "
                           f"with the key 'model' (a state dict); found {found}")
     sd = obj["model"]
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -493,7 +598,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return dict(sd)
 
 
-def check_fits(model: Any, state_dict: Mapping[str, Any], path: Path) -> None:
+def check_fits(model: Any, state_dict: Mapping[str, Any], path: Path,
+               variant: Variant | None = None) -> None:
     """Compare keys and shapes with the model; a mismatch raises :class:`ConfigError`
     that names the file and the first differences."""
     own = model.state_dict()
@@ -510,26 +616,31 @@ def check_fits(model: Any, state_dict: Mapping[str, Any], path: Path) -> None:
             parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatch(es) (e.g. {'; '.join(shapes[:2])})")
-        raise ConfigError(f"checkpoint {str(path)!r} does not fit the {ARCHITECTURE} architecture "
-                          f"(MedSAM2, sam2.1 Hiera-tiny at 512 px): {'; '.join(parts)}")
+        v = variant or MEDSAM2
+        raise ConfigError(f"checkpoint {str(path)!r} does not fit the {v.architecture} "
+                          f"architecture ({v.label}, sam2.1 Hiera-tiny at {v.image_size} px): "
+                          f"{'; '.join(parts)}")
 
 
-def load_model(path: Path, device: str = "cpu", predictor: type | None = None) -> Any:
+def load_model(path: Path, device: str = "cpu", predictor: type | None = None,
+               variant: Variant | None = None) -> Any:
     """Build the model and load ``path`` into it with ``strict=True``."""
+    v = variant or MEDSAM2
     sd = read_checkpoint(path)
-    model = build_model("cpu", predictor)
-    check_fits(model, sd, path)
+    model = build_model("cpu", predictor, v)
+    check_fits(model, sd, path, v)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         raise ConfigError(f"checkpoint {str(path)!r} does not load strictly into the "
-                          f"{ARCHITECTURE} architecture: {str(e)[:300]}") from e
+                          f"{v.architecture} architecture: {str(e)[:300]}") from e
     return model.to(device).eval()
 
 
-def check_checkpoint(path: Path) -> None:
-    """Prove that ``path`` loads strictly into MedSAM2's architecture (used by weights add)."""
-    load_model(Path(path), "cpu")
+def check_checkpoint(path: Path, variant: Variant | None = None) -> None:
+    """Prove that ``path`` loads strictly into the variant's architecture (MedSAM2 by
+    default; used by weights add)."""
+    load_model(Path(path), "cpu", variant=variant)
 
 
 def sam2_version() -> str:
@@ -549,9 +660,15 @@ class CheckpointChoice:
     path: Path
     name: str  # manifest name when known, else the file name
     sha256: str
-    trained: bool  # a known release (manifest sha256) or trained here (training record)
-    provenance: str = ""  # how ``trained`` was established (empty when untrained)
+    trained: bool  # not an unknown file: a pinned release, an official download, a user
+    #              # pin (weights.checkpoint_provenance) or trained here (training record)
+    provenance: str = ""  # one line: how ``trained`` was established (empty when untrained)
     training: Mapping[str, Any] | None = None  # the training record, when trained here
+    state: str = "untrained test checkpoint"  # weights.PINNED | OFFICIAL | USER_PIN |
+    #                                         # "trained here" | weights.UNKNOWN
+
+
+TRAINED_HERE = "trained here"
 
 
 def training_provenance(record: Mapping[str, Any]) -> str:
@@ -562,50 +679,62 @@ def training_provenance(record: Mapping[str, Any]) -> str:
             f"{record.get('epochs', '?')} epoch(s), data {record.get('data_hash', '?')}")
 
 
-def resolve_checkpoint(settings: Settings, options: MedSAM2Options) -> CheckpointChoice:
+def resolve_checkpoint(settings: Settings, options: MedSAM2Options,
+                       variant: Variant | None = None) -> CheckpointChoice:
     """Find the checkpoint: a file path, or a manifest name installed in the weights folder.
 
-    ``trained`` is true when the file's sha256 equals a known (non-empty) sha256 of a
-    MedSAM2 entry in the manifest (a published release), or when the file has a valid
-    training record of a ``medsam2`` run beside it (:func:`autoprompt_seg.weights.
-    training_record`: trained here, never reported as a release).
+    Its provenance comes from its sha256 (:func:`autoprompt_seg.weights.
+    checkpoint_provenance`): a pinned release, an official download (hash not pinned) or a
+    user pin count as trained; else a valid training record of a run of this model beside
+    the file (:func:`autoprompt_seg.weights.training_record`: trained here, never reported
+    as a release); else it is an untrained test checkpoint.
     """
-    from ..weights import installed_path, load_manifest, sha256_file, training_record
+    from ..weights import (
+        UNKNOWN,
+        checkpoint_provenance,
+        installed_path,
+        load_manifest,
+        sha256_file,
+        training_record,
+    )
 
+    v = variant or MEDSAM2
     manifest = load_manifest()
     ref = options.checkpoint
     p = Path(ref).expanduser()
+    opt = f"{v.name}_checkpoint"
     if ref in manifest and not p.is_file():
         entry = manifest[ref]
-        if entry.architecture != ARCHITECTURE:
-            raise ConfigError(f"Option 'medsam2_checkpoint' names {ref!r}, a "
-                              f"{entry.architecture} checkpoint; medsam2 needs {ARCHITECTURE}")
+        if entry.architecture != v.architecture:
+            raise ConfigError(f"Option '{opt}' names {ref!r}, a {entry.architecture} "
+                              f"checkpoint; {v.name} needs {v.architecture}")
         found = installed_path(ref, settings.weights_dir)
         if found is None:
             raise UnavailableError(
-                f"MedSAM2 weights {ref!r} ({entry.file}) are not installed in "
+                f"{v.label} weights {ref!r} ({entry.file}) are not installed in "
                 f"{settings.weights_dir}: run `autoseg weights fetch {ref}` or "
                 f"`autoseg weights add {entry.file} --name {ref}`")
         p = found
     elif not p.is_file():
-        raise UnavailableError(f"Option 'medsam2_checkpoint' must be a known weights name "
-                               f"({', '.join(k for k, e in manifest.items() if e.architecture == ARCHITECTURE)}) "
+        raise UnavailableError(f"Option '{opt}' must be a known weights name "
+                               f"({', '.join(k for k, e in manifest.items() if e.architecture == v.architecture)}) "
                                f"or an existing file; got {ref!r}")
     sha = sha256_file(p)
-    known = {e.sha256.lower(): e.name for e in manifest.values()
-             if e.sha256 and e.architecture == ARCHITECTURE}
-    name = known.get(sha, ref if ref in manifest else p.name)
-    if sha in known:
-        return CheckpointChoice(path=p, name=name, sha256=sha, trained=True,
-                                provenance=f"{name} (sha256 matches the weights manifest)")
+    prov = checkpoint_provenance(sha, v.architecture, settings.weights_dir, manifest=manifest,
+                                 path=p)
+    fallback = ref if ref in manifest else p.name
+    if prov.state != UNKNOWN:
+        return CheckpointChoice(path=p, name=prov.name or fallback, sha256=sha, trained=True,
+                                provenance=prov.text, state=prov.state)
     rec = training_record(p)
-    if rec is not None and rec.get("model") == NAME:
-        return CheckpointChoice(path=p, name=name, sha256=sha, trained=True,
-                                provenance=training_provenance(rec), training=rec)
+    if rec is not None and rec.get("model") == v.name:
+        return CheckpointChoice(path=p, name=fallback, sha256=sha, trained=True,
+                                provenance=training_provenance(rec), training=rec,
+                                state=TRAINED_HERE)
     if rec is not None:
         log.warning("%s: its training record is of model %r, not %s; ignored", p,
-                    rec.get("model"), NAME)
-    return CheckpointChoice(path=p, name=name, sha256=sha, trained=False)
+                    rec.get("model"), v.name)
+    return CheckpointChoice(path=p, name=fallback, sha256=sha, trained=False, state=UNKNOWN)
 
 
 # --------------------------------------------------------------------------- segmenter
@@ -654,37 +783,47 @@ class RunStats:
 
 
 class MedSAM2Segmenter:
-    """The ``medsam2`` segmenter (see the module docstring)."""
+    """The ``medsam2`` segmenter, and with ``variant=SAM2`` the ``sam2`` one (see the
+    module docstring)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, variant: Variant | None = None) -> None:
+        self.variant = variant or MEDSAM2
         self.settings = settings
-        self.options = MedSAM2Options.from_settings(settings)
+        self.options = MedSAM2Options.from_settings(settings, self.variant)
         self.device = select_device(settings)
         if settings.threads > 0:
             import torch
 
             torch.set_num_threads(settings.threads)
-        self.checkpoint = resolve_checkpoint(settings, self.options)
-        self.model = load_model(self.checkpoint.path, self.device)
+        self.checkpoint = resolve_checkpoint(settings, self.options, self.variant)
+        self.model = load_model(self.checkpoint.path, self.device, variant=self.variant)
         self.encoder_batch = self.options.encoder_batch or default_encoder_batch(self.device)
         self.last_stats = RunStats()
         self.last_logits: list[LesionLogits] = []
+        self.last_value_range: tuple[float, float] | None = None
         if not self.checkpoint.trained:
-            log.warning("medsam2: %s (%s, sha256 %s)", UNTRAINED_NOTE, self.checkpoint.path,
+            log.warning("%s: %s (%s, sha256 %s)", self.variant.name,
+                        self.variant.untrained_note, self.checkpoint.path,
                         self.checkpoint.sha256[:12])
 
     def info(self) -> BackendInfo:
         c = self.checkpoint
+        v = self.variant
         details: dict[str, Any] = {
-            "config": CONFIG_NAME, "architecture": ARCHITECTURE, "device": self.device,
+            "config": Path(v.config).name, "architecture": v.architecture,
+            "image_size": v.image_size, "device": self.device,
             "precision": "bf16 autocast" if use_bf16(self.device, self.options.bf16)
             else "float32",
             "checkpoint_file": c.path.name, "window_level_width": list(self.options.window),
+            "scaling": self.options.scaling,
             "empty_stop": self.options.empty_stop, "z_margin_mm": self.options.z_margin_mm,
             "sam2_version": sam2_version(),
+            "provenance_state": c.state,
         }
+        if self.last_value_range is not None:
+            details["scaling_range_hu"] = [round(x, 3) for x in self.last_value_range]
         if not c.trained:
-            details["note"] = UNTRAINED_NOTE
+            details["note"] = v.untrained_note
             details["provenance"] = "untrained test checkpoint"
         else:
             details["provenance"] = c.provenance
@@ -694,7 +833,7 @@ class MedSAM2Segmenter:
             base = c.training.get("base_checkpoint")
             if isinstance(base, Mapping):
                 details["training"]["base_checkpoint"] = base.get("name")
-        return BackendInfo(name=NAME, kind="segmenter", version=f"sam2 {sam2_version()}",
+        return BackendInfo(name=v.name, kind="segmenter", version=f"sam2 {sam2_version()}",
                            family="Artificial Intelligence", checkpoint=c.name,
                            checkpoint_sha256=c.sha256, trained=c.trained, details=details)
 
@@ -712,7 +851,9 @@ class MedSAM2Segmenter:
                 raise ConfigError(f"Argument 'boxes[{i}]' {b.to_dict()} lies outside the "
                                   f"volume {volume.shape}")
         nz, h, w = volume.shape
-        frames = FrameSource(volume.array, self.options.window)
+        frames = FrameSource(volume.array, self.options.window, self.options.scaling,
+                             self.variant.image_size)
+        self.last_value_range = frames.value_range
         cache = FeatureCache(self.model, frames, self.device,
                              int(self.options.cache_mb * 1024 * 1024), self.encoder_batch,
                              self.options.bf16)
@@ -748,7 +889,7 @@ class MedSAM2Segmenter:
         except (ConfigError, UnavailableError):
             raise
         except RuntimeError as e:
-            raise BackendError(f"medsam2 failed on {self.device}: {e}") from e
+            raise BackendError(f"{self.variant.name} failed on {self.device}: {e}") from e
         masks = self._join(per, boxes, volume.shape)
         stats.encoder_calls = cache.stats.encoder_calls
         stats.distinct_slices = frames.preprocessed
@@ -759,8 +900,8 @@ class MedSAM2Segmenter:
         stats.wall_s = time.perf_counter() - t0
         self.last_stats = stats
         self.last_logits = per
-        log.info("medsam2: %d lesion(s), %d tracking steps, %d encoder calls, %.1f s",
-                 len(boxes), stats.visited, stats.encoder_calls, stats.wall_s)
+        log.info("%s: %d lesion(s), %d tracking steps, %d encoder calls, %.1f s",
+                 self.variant.name, len(boxes), stats.visited, stats.encoder_calls, stats.wall_s)
         return masks
 
     @staticmethod
@@ -841,4 +982,14 @@ def create(settings: Settings) -> MedSAM2Segmenter:
         raise UnavailableError(f"the medsam2 segmenter needs the Python package sam2==1.1.0: "
                                f"pip install sam2==1.1.0 ({e})") from e
     return MedSAM2Segmenter(settings)
+
+
+def create_sam2(settings: Settings) -> MedSAM2Segmenter:
+    """Registry factory: ``.segment.medsam2:create_sam2`` (vanilla SAM 2.1 Hiera-tiny)."""
+    try:
+        import sam2  # noqa: F401
+    except ImportError as e:  # pragma: no cover - registry checks find_spec first
+        raise UnavailableError(f"the sam2 segmenter needs the Python package sam2==1.1.0: "
+                               f"pip install sam2==1.1.0 ({e})") from e
+    return MedSAM2Segmenter(settings, SAM2)
 

@@ -28,7 +28,8 @@ Data (one *clip* per anchor)
 
 Preprocessing
     Exactly the segmenter's (:class:`autoprompt_seg.segment.medsam2.FrameSource`): window
-    (``settings.options["medsam2_window"]``, default lung window), uint8, 512 px bicubic,
+    (``settings.options["medsam2_window"]``, default lung window) and min-max over the
+    clipped study (``medsam2_scaling``, as MedSAM2's CT script), uint8, 512 px bicubic,
     ImageNet normalisation; the encoder runs under bf16 autocast on CUDA as at inference.
     GT masks are resized to 512 px bilinearly and thresholded at 0.5.
 
@@ -413,7 +414,8 @@ class FeatureStore:
 
     def __init__(self, root: Path, model: Any, device: str, window: tuple[float, float],
                  dtype: str = "float16", capacity_bytes: int = 1 << 30,
-                 bf16: bool = True, encoder_batch: int = 0) -> None:
+                 bf16: bool = True, encoder_batch: int = 0,
+                 scaling: str = "study-minmax") -> None:
         import torch
 
         from ..segment import medsam2 as M
@@ -422,6 +424,7 @@ class FeatureStore:
         self.model = model
         self.device = device
         self.window = (float(window[0]), float(window[1]))
+        self.scaling = scaling
         self.dtype = getattr(torch, dtype)
         self.capacity_bytes = int(capacity_bytes)
         self.bf16 = bf16
@@ -434,7 +437,8 @@ class FeatureStore:
         self.bytes = 0
         self.pos_enc: list[torch.Tensor] | None = None
         meta = {"format": FEATURE_FORMAT, "encoder": frozen_encoder_hash(model),
-                "window": list(self.window), "dtype": dtype, "image_size": self.size,
+                "window": list(self.window), "scaling": self.scaling, "dtype": dtype,
+                "image_size": self.size,
                 "autocast_bf16": M.use_bf16(device, bf16)}
         self.root.mkdir(parents=True, exist_ok=True)
         mp = self.root / "meta.json"
@@ -488,7 +492,7 @@ class FeatureStore:
         cdir.mkdir(parents=True, exist_ok=True)
         from ..segment import medsam2 as M
 
-        frames = M.FrameSource(volume.array, self.window)
+        frames = M.FrameSource(volume.array, self.window, self.scaling, self.size)
         nonempty: dict[int, set[int]] = {}
         todo = []
         for z in slices:
@@ -853,11 +857,12 @@ def train(cfg: TrainConfig, cases: Sequence[Any], run: RunDir, *, settings: Sett
              n_all, ", ".join(TRAINABLE_MODULES + TRAINABLE_PARAMS))
 
     _check_identity(run, {"base_sha256": base.get("sha256", ""),
-                          "window_level_width": list(seg_opts.window)})
+                          "window_level_width": list(seg_opts.window),
+                          "scaling": seg_opts.scaling})
     t_prep = time.perf_counter()
     store = FeatureStore(run.path / FEATURES_DIR, model, device, seg_opts.window,
                          opts.feature_dtype, int(opts.feature_cache_mb * 2**20), bf16,
-                         seg_opts.encoder_batch)
+                         seg_opts.encoder_batch, seg_opts.scaling)
     indices: list[CaseIndex] = []
     skipped: list[str] = []
     for c in sorted(cases, key=lambda c: c.case_id):  # clip order must not depend on input order
@@ -926,6 +931,7 @@ def train(cfg: TrainConfig, cases: Sequence[Any], run: RunDir, *, settings: Sett
     sd = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     extra = {
         "base_checkpoint": base, "window_level_width": list(seg_opts.window),
+        "scaling": seg_opts.scaling,
         "image_size": M.IMAGE_SIZE, "architecture": M.ARCHITECTURE,
         "trained_parameters": sorted({n.split(".", 1)[0] for n in trained_names}),
         "frozen_parameters": sorted({".".join(n.split(".")[:2])
