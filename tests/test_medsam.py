@@ -144,7 +144,8 @@ def test_provenance_release_sha_and_training_record(medsam_checkpoint: Path,
     m["medsam_vit_b"] = replace(m["medsam_vit_b"], sha256=sha)
     with mock.patch("autoprompt_seg.weights.load_manifest", return_value=m):
         c = M.resolve_checkpoint(s, M.MedSAMOptions.from_settings(s))
-    assert c.trained and c.name == "medsam_vit_b" and "matches the weights manifest" in c.provenance
+    assert c.trained and c.name == "medsam_vit_b" and "pinned release" in c.provenance
+    assert c.state == "pinned release"
     # a training record beside the file counts only when its sha256 matches the file
     ck = tmp_path / "ft.pth"
     ck.symlink_to(medsam_checkpoint)
@@ -162,9 +163,14 @@ def test_provenance_release_sha_and_training_record(medsam_checkpoint: Path,
 
 def test_weights_folder_route_reports_untrained(medsam_checkpoint: Path, tmp_path: Path) -> None:
     from autoprompt_seg.backends import SliceSegmenter, torch_modules
+    from autoprompt_seg.errors import UnavailableError
     from autoprompt_seg.weights import add_weights, sha256_file
 
-    add_weights(medsam_checkpoint, "medsam_vit_b", tmp_path)
+    # the manifest pins the real medsam_vit_b: random weights cannot be installed as it
+    with pytest.raises(UnavailableError, match="manifest pins"):
+        add_weights(medsam_checkpoint, "medsam_vit_b", tmp_path)
+    # the weights-folder route with an unknown file (as when no hash is pinned)
+    (tmp_path / "medsam_vit_b.pth").symlink_to(medsam_checkpoint)
     seg = M.create(Settings(device="cpu", threads=2, weights_dir=tmp_path))
     assert isinstance(seg, SliceSegmenter)
     info = seg.info()

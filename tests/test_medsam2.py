@@ -340,9 +340,10 @@ def test_equivalence_with_the_reference_two_lesions_and_early_stop(
     both_visited = np.zeros(vol.shape, bool)  # slices that the fast path tracked for both
     both_visited[sorted(seg.last_logits[0].visited & seg.last_logits[1].visited)] = True
     won_a = ma & (ref.logits[1] > 0) & both_visited
-    assert (ref.logits[0][won_a] >= ref.logits[1][won_a]).all()
+    tol = 2e-5  # both logits agree with ours within 1e-5 (above): near-ties may go either way
+    assert (ref.logits[0][won_a] >= ref.logits[1][won_a] - tol).all()
     won_b = mb & (ref.logits[0] > 0) & both_visited
-    assert (ref.logits[1][won_b] >= ref.logits[0][won_b]).all()
+    assert (ref.logits[1][won_b] >= ref.logits[0][won_b] - tol).all()
 
 
 @pytest.mark.slow
