@@ -112,8 +112,9 @@ def main() -> None:
     ap.add_argument("--per-pair", type=int, default=3,
                     help="transplanted cases per (background, lesion); sites cycle")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--min-score", type=float, default=0.5)
-    ap.add_argument("--max-lesions", type=int, default=5)
+    ap.add_argument("--min-score", type=float, default=None,
+                    help="operating point (default: the product's)")
+    ap.add_argument("--max-lesions", type=int, default=None)
     ap.add_argument("--no-transplants", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
@@ -124,8 +125,12 @@ def main() -> None:
     settings = Settings(cache_dir=default_cache_dir())
     det = registry.get("detector", args.detector).create(settings)
     seg = registry.get("segmenter", args.segmenter).create(settings)
-    op = (None if OperatingPoint is None
-          else OperatingPoint(min_score=args.min_score, max_lesions=args.max_lesions))
+    op = None
+    if OperatingPoint is not None:
+        op = OperatingPoint()
+        args.min_score = op.min_score if args.min_score is None else args.min_score
+        args.max_lesions = op.max_lesions if args.max_lesions is None else args.max_lesions
+        op = OperatingPoint(min_score=args.min_score, max_lesions=args.max_lesions)
     rows: list[Row] = []
     root = fetch_pycerr(settings.cache_dir)
     lesions = []

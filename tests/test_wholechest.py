@@ -188,3 +188,24 @@ def test_listener_and_bench_take_the_operating_point(tmp_path):
     assert BenchConfig(min_score=0.3).config_hash() != BenchConfig().config_hash()
     with pytest.raises(ConfigError, match="min-score"):
         BenchConfig(min_score=-1)
+
+
+def test_airways_are_grown_from_the_trachea_without_leaking_into_the_lung():
+    vol, _ = thorax_phantom(seed=4, heart=False, tube=False, nodule=False)
+    a = vol.array.copy()
+    sz, sy, sx = vol.spacing
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(a.shape, vol.spacing,
+                                                             strict=True)), indexing="ij")
+    cy, cx = a.shape[1] * sy / 2, a.shape[2] * sx / 2
+    trachea = (((y - cy) / 8) ** 2 + ((x - cx) / 8) ** 2 <= 1) & (z > 120)
+    # a main bronchus from the trachea's foot into the right lung
+    bronchus = ((y - cy) ** 2 + (z - 125) ** 2 <= 5 ** 2) & (x > cx - 80) & (x < cx)
+    airway = trachea | bronchus
+    a[airway] = -1000.0 + np.random.default_rng(0).normal(0, 5, int(airway.sum()))
+    det = CandidatesDetector()
+    lung = det.lung_mask(a, vol.spacing)
+    assert (lung & trachea).sum() > 0.8 * trachea.sum()  # counted as lung before
+    found = det.airways(a, lung, vol.spacing)
+    assert (found & trachea).sum() > 0.8 * trachea.sum()
+    parenchyma = lung & ~ndi.binary_dilation(airway, iterations=2)
+    assert (found & parenchyma).sum() < 0.01 * parenchyma.sum()

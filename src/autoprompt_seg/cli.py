@@ -20,6 +20,7 @@ import click
 from . import __version__, registry
 from .cli_common import EXIT_HELP
 from .errors import AutosegError, ConfigError
+from .types import DEFAULT_MAX_LESIONS, DEFAULT_MIN_SCORE
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("autoprompt_seg")
@@ -180,12 +181,13 @@ def backend_options(f: F) -> F:
         click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
                      envvar="AUTOSEG_WEIGHTS_DIR",
                      help="Folder of installed weights [env AUTOSEG_WEIGHTS_DIR]."),
-        click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=0.5,
+        click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=DEFAULT_MIN_SCORE,
                      show_default=True,
                      help="Operating point: segment only automatic boxes whose calibrated "
                           "confidence is at least this; the others are listed in report.json "
                           "as 'not segmented' (promote one with --prompts)."),
-        click.option("--max-lesions", type=click.IntRange(min=1), default=5, show_default=True,
+        click.option("--max-lesions", type=click.IntRange(min=1), default=DEFAULT_MAX_LESIONS,
+                     show_default=True,
                      help="Segment at most this many automatic boxes (best first)."),
         click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
                      default="autoseg-output", show_default=True, help="Output folder."),
@@ -201,7 +203,8 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
                  threads: int, prompts: str | None, prompts_from: str | None, roi_name: str,
                  detector_model: str | None, tta: bool, medsam2_checkpoint: str | None,
                  weights_dir: str | None, out_dir: str, as_json: bool,
-                 min_score: float = 0.5, max_lesions: int = 5,
+                 min_score: float = DEFAULT_MIN_SCORE,
+                 max_lesions: int = DEFAULT_MAX_LESIONS,
                  series: str | None = None) -> None:
     from .predict import predict_path
 

@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from .cli_common import EXIT_HELP, handled
+from .types import DEFAULT_MAX_LESIONS, DEFAULT_MIN_SCORE
 
 _handled = handled
 
@@ -74,10 +75,10 @@ _METHOD_OPTIONS = ("dataset", "dataset_path", "roi", "detector", "segmenter",
 @click.option("--match-dice", default=0.1, show_default=True, type=float,
               help="Lesion match rule: a predicted and a GT lesion match when their pairwise "
                    "Dice exceeds this (0 = any overlap).")
-@click.option("--min-score", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0),
+@click.option("--min-score", default=DEFAULT_MIN_SCORE, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="Operating point: automatic boxes below this calibrated confidence are "
                    "not segmented.")
-@click.option("--max-lesions", default=5, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-lesions", default=DEFAULT_MAX_LESIONS, show_default=True, type=click.IntRange(min=1),
               help="At most this many automatic boxes segmented per case (best first).")
 @click.option("--case", "cases", multiple=True, help="Evaluate only this case id "
               "(repeatable).")

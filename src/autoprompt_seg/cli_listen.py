@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from .errors import AutosegError, ConfigError
+from .types import DEFAULT_MAX_LESIONS, DEFAULT_MIN_SCORE
 
 NODE_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -70,9 +71,10 @@ def _load_config(config_file: str | None, **flags: Any) -> Any:
 @click.option("--detector", default=None, help="Box proposer (as in predict).")
 @click.option("--segmenter", default=None, help="Segmenter (as in predict).")
 @click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Operating point (as in predict).  [default: 0.5]")
+              help=f"Operating point (as in predict).  [default: {DEFAULT_MIN_SCORE}]")
 @click.option("--max-lesions", type=click.IntRange(min=1), default=None,
-              help="At most this many automatic lesions per study.  [default: 5]")
+              help=f"At most this many automatic lesions per study.  "
+                   f"[default: {DEFAULT_MAX_LESIONS}]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="Where neural backends run.  [default: auto]")
 @click.option("--weights-dir", type=click.Path(file_okay=False), default=None,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .types import OperatingPoint
+from .types import DEFAULT_MAX_LESIONS, DEFAULT_MIN_SCORE, OperatingPoint
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -47,8 +47,8 @@ class Settings:
     options: dict[str, Any] = field(default_factory=dict)  # backend-specific, validated there
     #: the operating point: automatic boxes below ``min_score`` or beyond ``max_lesions``
     #: are reported as "not segmented" (see :class:`~autoprompt_seg.types.OperatingPoint`)
-    min_score: float = 0.5
-    max_lesions: int = 5
+    min_score: float = DEFAULT_MIN_SCORE
+    max_lesions: int = DEFAULT_MAX_LESIONS
 
     def __post_init__(self) -> None:
         try:

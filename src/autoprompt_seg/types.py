@@ -250,14 +250,19 @@ class BackendInfo:
                 "details": dict(self.details)}
 
 
+#: The default operating point (see docs/benchmarks.md, "Automatic prompts on whole-chest CT").
+DEFAULT_MIN_SCORE = 0.4
+DEFAULT_MAX_LESIONS = 5
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
     """Which automatic boxes are segmented: those scoring at least ``min_score`` (a
     calibrated confidence in 0..1), best first, at most ``max_lesions`` of them. Boxes a
     person drew (``from_person``) are always segmented."""
 
-    min_score: float = 0.5
-    max_lesions: int = 5
+    min_score: float = DEFAULT_MIN_SCORE
+    max_lesions: int = DEFAULT_MAX_LESIONS
 
     def __post_init__(self) -> None:
         _check(isinstance(self.min_score, (int, float)) and not isinstance(self.min_score, bool)

@@ -68,7 +68,16 @@ from .. import registry
 from ..backends import is_promptable
 from ..config import Settings
 from ..errors import AutosegError, ConfigError, InputError
-from ..types import BackendInfo, Box3D, LesionMask, OperatingPoint, Prediction, Volume
+from ..types import (
+    DEFAULT_MAX_LESIONS,
+    DEFAULT_MIN_SCORE,
+    BackendInfo,
+    Box3D,
+    LesionMask,
+    OperatingPoint,
+    Prediction,
+    Volume,
+)
 from . import datasets as ds
 from .cost import measure, peak_rss_mb
 from .executor import (
@@ -148,8 +157,8 @@ class BenchConfig:
     shots: int = 0
     train_hash: str = ""
     train_cases: int = 0
-    min_score: float = 0.5  # operating point for automatic boxes (see OperatingPoint)
-    max_lesions: int = 5
+    min_score: float = DEFAULT_MIN_SCORE  # operating point (see OperatingPoint)
+    max_lesions: int = DEFAULT_MAX_LESIONS
     measure_cost: bool = True
     cost_repeats: int = 3
 

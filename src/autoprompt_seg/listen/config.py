@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..types import DEFAULT_MAX_LESIONS, DEFAULT_MIN_SCORE
 
 _AET_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 
@@ -104,8 +105,8 @@ class ListenConfig:
     segmenter: str = "classical"
     device: str = "auto"
     threads: int = 0
-    min_score: float = 0.5  # operating point (calibrated detector confidence, 0..1)
-    max_lesions: int = 5  # at most this many automatic lesions per study
+    min_score: float = DEFAULT_MIN_SCORE  # operating point (detector confidence, 0..1)
+    max_lesions: int = DEFAULT_MAX_LESIONS  # at most this many automatic lesions per study
     weights_dir: Path | None = None
     log_patient: bool = False  # put PatientID in the per-study log line
     tls: TLSConfig | None = None
