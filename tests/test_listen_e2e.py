@@ -50,8 +50,10 @@ def test_storescu_pycerr_study_seg_to_storescp(pycerr_root: Path, tmp_path: Path
     dciodvfy = tool("dciodvfy")
     headers = _ct_only(pycerr_root / "pat_2", tmp_path / "study")
     dest = StoreSCP(tmp_path / "dest", free_port())
+    # pat_2's central tumour scores below the default operating point; this test is about
+    # the transport, so every candidate is segmented (and --min-score is exercised)
     node = NodeProc(tmp_path / "spool", free_port(), "--dest", f"DEST@127.0.0.1:{dest.port}",
-                    "--quiet-period", "1")
+                    "--quiet-period", "1", "--min-score", "0")
     try:
         r = storescu(node.port, tmp_path / "study")
         assert r.returncode == 0, r.stderr

@@ -81,7 +81,8 @@ def test_kill9_mid_inference_then_restart_sent_exactly_once(pycerr_root: Path,
             shutil.copy(p, study / p.name)
     dest = StoreSCP(tmp_path / "dest", free_port())
     port = free_port()
-    args = ("--dest", f"DEST@127.0.0.1:{dest.port}", "--quiet-period", "0.5")
+    # --min-score 0: pat_2 is kept small for speed; its tumour scores below the default
+    args = ("--dest", f"DEST@127.0.0.1:{dest.port}", "--quiet-period", "0.5", "--min-score", "0")
     spool = tmp_path / "spool"
     node = NodeProc(spool, port, *args)
     try:
