@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_wholechest import lidc_nodule  # noqa: E402
 
 FEATURES = ("lung_contact", "elongation", "log_thickness_mm", "context_frac",
-            "structure_in_field")
+            "structure_in_field", "isolated_elongation")
 
 
 def features(det: CandidatesDetector, vol: Volume, gt: npt.NDArray[np.bool_], group: str,
@@ -53,7 +53,8 @@ def features(det: CandidatesDetector, vol: Volume, gt: npt.NDArray[np.bool_], gr
         m = lab == c.label
         out.append({"group": group, "case": name, "pos": bool((m & g).sum() > 0.2 * m.sum()),
                     "x": [c.lung_contact, c.elongation, float(np.log(c.thickness_mm)),
-                          c.context_frac, c.structure_in_field],
+                          c.context_frac, c.structure_in_field,
+                          c.elongation * min(c.context_frac, c.structure_in_field)],
                     "key": (group, round(c.volume_ml, 1), round(c.lung_contact, 2))})
     return out
 

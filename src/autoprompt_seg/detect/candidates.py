@@ -24,14 +24,17 @@ spacing:
    elongation (ratio of the principal axes: vessels and z-tubes are long) and the share of
    its surface that touches aerated lung (a tumour is mostly surrounded by lung; a slice
    of mediastinum that the closing added is not), measured on the ring one voxel beyond
-   the surface. Anatomy context: dense tissue (fat excluded, -60..300 HU) inside the
+   the surface. Anatomy context: dense tissue (fat excluded, -60..300 HU on the unsmoothed
+   working grid, so thin fat planes still separate organs) inside the
    thorax's inner region (per slice, the convex hull of both lungs: mediastinum, heart,
    great vessels, hila and the diaphragm's dome) is labelled into 3-D structures; a
    candidate that is only the lung-side tip of a large structure (heart, aorta, SVC,
    liver) gets a low ``context_frac`` (its share of that structure near it) and a low
    ``structure_in_field`` (the structure's share inside the lung fields).
 5. **Calibrated confidence**: a logistic model over lung contact, elongation, log
-   thickness, ``context_frac`` and ``structure_in_field`` gives each candidate a
+   thickness, ``context_frac``, ``structure_in_field`` and the elongation of a mass that
+   stands on its own (elongation counts less there: part-solid and lobulated tumours are
+   not round, while vessels and tubes are joined to structures) gives each candidate a
    probability of being a tumour (weights ``_W``, fitted on the development set; see
    ``scripts/eval_wholechest.py`` and docs/benchmarks.md). Candidates scoring below
    ``min_score`` (a floor, 0.1) are dropped; at most ``max_candidates`` are returned, so
@@ -169,8 +172,9 @@ def _closing_edt(mask: BoolArray, radius_mm: float, spacing: tuple[float, float,
 
 
 #: Logistic weights of the candidate score (see :meth:`CandidatesDetector._score`).
-_W = {"intercept": -0.426, "lung_contact": 1.821, "elongation": -1.969,
-      "log_thickness_mm": 0.911, "context_frac": 1.813, "structure_in_field": 1.124}
+_W = {"intercept": 1.851, "lung_contact": 1.233, "elongation": -2.878,
+      "log_thickness_mm": 0.715, "context_frac": 1.022, "structure_in_field": 0.373,
+      "isolated_elongation": 1.767}
 
 
 class CandidatesDetector:
@@ -286,7 +290,7 @@ class CandidatesDetector:
         lung &= ~ndi.binary_dilation(self.airways(img, lung, spacing))
         field = self.lung_fields(lung, spacing)
         smooth = ndi.uniform_filter(img, size=3)
-        plab, psize, pfield = self.structures(smooth, lung, field)
+        plab, psize, pfield = self.structures(smooth, lung, field, img)
         soft = (smooth >= p.soft_lo_hu) & (smooth <= p.soft_hi_hu) & field & ~lung
         soft = ndi.binary_opening(soft, structure=_ball(p.vessel_radius_mm, spacing))
         lab, n = ndi.label(soft)
@@ -343,7 +347,8 @@ class CandidatesDetector:
                                  bbox, ctx, s_ml, s_in))  # type: ignore[arg-type]
         return lab, out
 
-    def structures(self, smooth: FloatArray, lung: BoolArray, field: BoolArray
+    def structures(self, smooth: FloatArray, lung: BoolArray, field: BoolArray,
+                   img: FloatArray | None = None
                    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64],
                               npt.NDArray[np.float64]]:
         """Dense tissue (fat excluded) inside the thorax's inner region, as 3-D structures."""
@@ -354,7 +359,8 @@ class CandidatesDetector:
         both = field | lung
         for z in np.nonzero(both.any(axis=(1, 2)))[0]:
             inner[z] = convex_hull_image(both[z])
-        dense = (smooth > -60) & (smooth < 300) & inner & body
+        raw = smooth if img is None else img
+        dense = (raw > -60) & (raw < 300) & inner & body
         plab, n = ndi.label(dense)
         psize = np.bincount(plab.ravel(), minlength=n + 1).astype(np.float64)
         pfield = np.bincount(plab.ravel(), weights=field.ravel(), minlength=n + 1).astype(np.float64)
@@ -407,7 +413,10 @@ class CandidatesDetector:
         in docs/benchmarks.md."""
         z = (_W["intercept"] + _W["lung_contact"] * contact + _W["elongation"] * elong
              + _W["log_thickness_mm"] * float(np.log(max(thick, 1e-3)))
-             + _W["context_frac"] * context + _W["structure_in_field"] * in_field)
+             + _W["context_frac"] * context + _W["structure_in_field"] * in_field
+             # elongation counts less for a mass on its own in the lung (a part-solid or
+             # lobulated tumour), more for one joined to a structure (a vessel, a tube)
+             + _W["isolated_elongation"] * elong * min(context, in_field))
         return float(1.0 / (1.0 + np.exp(-z)))
 
     # ------------------------------------------------------------------ API
