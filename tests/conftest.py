@@ -43,8 +43,13 @@ def tool(name: str) -> str:
     the virtual environment, which must not shadow dcmtk's when the venv is activated.
     Tools that only exist in the venv (dcmqi's) are found there."""
     here = Path(sys.executable).parent
+
+    def in_a_venv(p: str) -> bool:  # this venv, or another one activated in the shell
+        d = Path(p).resolve()
+        return d == here.resolve() or (d.parent / "pyvenv.cfg").exists()
+
     system_path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
-                                  if p and Path(p).resolve() != here.resolve())
+                                  if p and not in_a_venv(p))
     path = shutil.which(name, path=system_path)
     if path is None:
         venv_bin = here / name
