@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,9 @@ from autoprompt_seg.io.dicom import load_study
 from autoprompt_seg.io.image import load_image
 from autoprompt_seg.io.rtstruct import find_rtstruct, load_roi_mask
 from autoprompt_seg.types import Volume
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from eval_real import dice  # noqa: E402  (MONAI's compute_dice, 1.0 when both are empty)
 
 try:
     from autoprompt_seg.types import OperatingPoint
@@ -57,11 +61,6 @@ def lidc_nodule(volume: Volume) -> npt.NDArray[np.bool_]:
     out = np.zeros(volume.shape, dtype=bool)
     out[z0:z1, y0:y1, x0:x1] = lab == c if c else sub
     return out
-
-
-def dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * float((a & b).sum()) / s
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from autoprompt_seg.config import default_cache_dir
 from autoprompt_seg.data import GTV_ROI, PYCERR_PATIENTS, fetch_pycerr
-from autoprompt_seg.detect.candidates import _W, CandidatesDetector, _block_mean
+from autoprompt_seg.detect.candidates import _W, CandidatesDetector, block_mean
 from autoprompt_seg.io.dicom import load_study
 from autoprompt_seg.io.image import load_image
 from autoprompt_seg.io.rtstruct import find_rtstruct, load_roi_mask
@@ -41,13 +41,9 @@ FEATURES = ("lung_contact", "elongation", "log_thickness_mm", "context_frac",
 
 def features(det: CandidatesDetector, vol: Volume, gt: npt.NDArray[np.bool_], group: str,
              name: str) -> list[dict[str, object]]:
-    p = det.params
-    sp = vol.spacing
-    f = (max(1, round(p.work_z_mm / sp[0])), max(1, round(p.work_mm / sp[1])),
-         max(1, round(p.work_mm / sp[2])))
-    img = _block_mean(vol.array, f)
-    g = _block_mean(gt.astype(np.float32), f) > 0.3
-    lab, cands = det.candidates(img, (sp[0] * f[0], sp[1] * f[1], sp[2] * f[2]))
+    img, wsp, f = det.working_grid(vol)
+    g = block_mean(gt.astype(np.float32), f) > 0.3
+    lab, cands = det.candidates(img, wsp)
     out = []
     for c in cands:
         m = lab == c.label

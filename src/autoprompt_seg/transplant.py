@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
+from .detect.candidates import block_mean
 from .types import Volume
 
 log = logging.getLogger(__name__)
@@ -166,10 +167,7 @@ def lung_map(volume: Volume, work_mm: float = 2.0) -> _LungMap:
     sz, sy, sx = volume.spacing
     f = (max(1, int(round(work_mm / sz))), max(1, int(round(work_mm / sy))),
          max(1, int(round(work_mm / sx))))
-    a = volume.array
-    nz, ny, nx = (a.shape[0] // f[0], a.shape[1] // f[1], a.shape[2] // f[2])
-    img = a[:nz * f[0], :ny * f[1], :nx * f[2]].reshape(nz, f[0], ny, f[1], nx, f[2]).mean(
-        axis=(1, 3, 5), dtype=np.float32)
+    img = block_mean(volume.array, f)
     wsp = (sz * f[0], sy * f[1], sx * f[2])
     smooth = ndi.uniform_filter(img, 3)
     lab, n = ndi.label(smooth < -400)

@@ -149,7 +149,7 @@ def _ball(radius_mm: float, spacing: tuple[float, float, float]) -> BoolArray:
     return b
 
 
-def _block_mean(a: FloatArray, f: tuple[int, int, int]) -> FloatArray:
+def block_mean(a: FloatArray, f: tuple[int, int, int]) -> FloatArray:
     """Downsample by integer factors with block means (the remainder is dropped)."""
     if f == (1, 1, 1):
         return a
@@ -420,14 +420,21 @@ class CandidatesDetector:
         return float(1.0 / (1.0 + np.exp(-z)))
 
     # ------------------------------------------------------------------ API
-    def detect(self, volume: Volume, progress: ProgressFn | None = None) -> list[Box3D]:
-        """One box per candidate lesion, best score first."""
+    def working_grid(self, volume: Volume) -> tuple[FloatArray, tuple[float, float, float],
+                                                    tuple[int, int, int]]:
+        """The volume on the detector's working grid: (block means, their spacing, the
+        integer block factors along z, y, x)."""
         p = self.params
         sz, sy, sx = volume.spacing
         f = (max(1, int(round(p.work_z_mm / sz))), max(1, int(round(p.work_mm / sy))),
              max(1, int(round(p.work_mm / sx))))
-        img = _block_mean(volume.array, f)
-        wsp = (sz * f[0], sy * f[1], sx * f[2])
+        return block_mean(volume.array, f), (sz * f[0], sy * f[1], sx * f[2]), f
+
+    def detect(self, volume: Volume, progress: ProgressFn | None = None) -> list[Box3D]:
+        """One box per candidate lesion, best score first."""
+        p = self.params
+        sz, sy, sx = volume.spacing
+        img, wsp, f = self.working_grid(volume)
         if min(img.shape) < 3:
             log.warning("volume %s too small for the candidates detector", volume.shape)
             return []

@@ -100,7 +100,7 @@ def _short_state(info: BackendInfo) -> str:
                 str(info.details.get("provenance_state", "")), "trained")
 
 
-def det_name_for(prediction: Prediction) -> str:
+def _detector_text(prediction: Prediction) -> str:
     return f"detector {prediction.detector.name} {prediction.detector.version}"
 
 
@@ -241,7 +241,7 @@ def build_seg(prediction: Prediction, *, series_number: int = DEFAULT_SERIES_NUM
         les_box = lesions[i - 1].box
         descriptions[-1].SegmentDescription = _lo(
             "manual prompt" if les_box.from_person
-            else f"confidence {les_box.score:.2f} ({det_name_for(prediction)})",
+            else f"confidence {les_box.score:.2f} ({_detector_text(prediction)})",
             "segment description")
     det, segm = prediction.detector, prediction.segmenter
     how = "manual box prompts" if prediction.from_person else f"detector {det.name}"
