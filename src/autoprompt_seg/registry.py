@@ -124,6 +124,15 @@ BACKENDS += (
         weights=("medsam_vit_b",)),
 )
 
+BACKENDS += (
+    BackendSpec(
+        name="monai_retinanet", kind="detector",
+        summary="MONAI lung_nodule_ct_detection bundle: RetinaNet ResNet50-FPN trained on "
+                "LUNA16 nodules; its world boxes on the study's grid, key slice = box centre",
+        factory=".models.monai_retinanet.detector:create", requires=("torch", "monai"),
+        weights=("monai_lung_nodule_ct_detection",)),
+)
+
 DEFAULT_DETECTOR = "candidates"
 DEFAULT_SEGMENTER = "classical"
 

@@ -306,6 +306,8 @@ def check_fits(path: Path, architecture: str) -> None:
         _check_sam_vit_b(path)
     elif architecture == "nnunetv2_model_folder":
         _check_nnunet_folder(path)
+    elif architecture == "monai_retinanet_resnet50_fpn_luna16":
+        _check_monai_retinanet(path)
     else:
         raise ConfigError(f"weights {str(path)!r}: no checker for architecture {architecture!r}")
 
@@ -351,6 +353,17 @@ def _check_sam_vit_b(path: Path) -> None:
     except RuntimeError as e:
         raise ConfigError(f"weights file {str(path)!r} does not load strictly into SAM ViT-B: "
                           f"{str(e)[:300]}") from e
+
+
+def _check_monai_retinanet(path: Path) -> None:
+    """The MONAI lung_nodule_ct_detection bundle's ``models/model.pt``: a strict load into
+    the bundle's RetinaNet (ResNet50-FPN), built with ``monai.apps.detection``."""
+    try:
+        from .models.monai_retinanet.checkpoint import check_checkpoint
+    except ImportError as e:  # pragma: no cover - monai is a dependency
+        raise UnavailableError(f"cannot check {str(path)!r}: the monai package is needed "
+                               f"({e})") from e
+    check_checkpoint(path)
 
 
 def _check_nnunet_folder(path: Path) -> None:
