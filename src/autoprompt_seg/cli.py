@@ -168,10 +168,16 @@ def backend_options(f: F) -> F:
                      help="ROI of the RTSTRUCT given to --prompts-from."),
         click.option("--detector-model", type=click.Path(file_okay=False), default=None,
                      help="nnU-Net v2 model folder for --detector nnunet / --segmenter nnunet "
-                          "(default: the installed nnunet_lung_detector weights)."),
+                          "(default: the installed nnunet_lung_detector weights); for "
+                          "--detector nnunet_fullscan an installed model name (default "
+                          "totalseg_lung_nodules) or folder."),
         click.option("--tta", is_flag=True,
                      help="nnU-Net mirroring test-time augmentation (8x slower; off by "
                           "default)."),
+        click.option("--veto-model", default=None,
+                     help="Anatomy veto for any detector: an installed nnU-Net model (e.g. "
+                          "totalseg_trunk_cavities); boxes lying mostly in its pericardium or "
+                          "mediastinum are dropped and listed in report.json. Off by default."),
         click.option("--checkpoint", "medsam2_checkpoint", default=None,
                      help="Weights of the segmenter: a weights name from `autoseg weights "
                           "list` or a file (medsam2 default MedSAM2_latest, sam2 default "
@@ -203,6 +209,7 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
                  threads: int, prompts: str | None, prompts_from: str | None, roi_name: str,
                  detector_model: str | None, tta: bool, medsam2_checkpoint: str | None,
                  weights_dir: str | None, out_dir: str, as_json: bool,
+                 veto_model: str | None = None,
                  min_score: float = DEFAULT_MIN_SCORE,
                  max_lesions: int = DEFAULT_MAX_LESIONS,
                  series: str | None = None) -> None:
@@ -224,6 +231,12 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
         nnunet_opts["tta"] = True
     if nnunet_opts:
         options["nnunet"] = nnunet_opts
+    if detector == "nnunet_fullscan" and (detector_model or tta):
+        # an installed model name or folder (autoseg weights add-nnunet)
+        options["nnunet_fullscan"] = {**({"model": detector_model} if detector_model else {}),
+                                      **({"tta": True} if tta else {})}
+    if veto_model:
+        options["veto"] = {"model": veto_model}
     if medsam2_checkpoint:
         from .bench.study import checkpoint_options
 

@@ -222,3 +222,80 @@ def fetch_cmd(name: str, timeout: float, retries: int, quiet: bool,
     click.echo(f"{rec.name}: installed {wdir / rec.file}")
     click.echo(f"  sha256 {rec.sha256}")
     click.echo(f"  {rec.state} ({rec.source}, {rec.added[:10]})")
+
+
+@weights.command("add-nnunet", epilog=EXIT_HELP)
+@click.argument("source", type=click.Path())
+@click.option("--name", required=True,
+              help="Name to install it under (a manifest name such as totalseg_lung_nodules, "
+                   "or any plain folder name of yours).")
+@click.option("--configuration", default=None,
+              help="nnU-Net configuration to install (e.g. 3d_fullres) when the source holds "
+                   "several.")
+@click.option("--fold", "folds", multiple=True,
+              help="Fold(s) to install: a number or 'all'; repeat or comma-separate for an "
+                   "ensemble [default: every fold with the checkpoint].")
+@click.option("--checkpoint-name", type=click.Choice(["checkpoint_final.pth",
+                                                      "checkpoint_best.pth"]),
+              default="checkpoint_final.pth", show_default=True,
+              help="Which checkpoint of each fold.")
+@click.option("--tumour-labels", default=None,
+              help="Output labels that are the lesion, comma-separated numbers (e.g. 2) "
+                   "[default: every foreground label].")
+@click.option("--trainer-base", default=None,
+              help="Stock nnunetv2 trainer to run a custom trainer as (only for trainers "
+                   "that change training, not the network; see docs/detector.md).")
+@click.option("--trust", is_flag=True,
+              help="Pin the installed folder's sha256 locally (\"pinned by the user\"), for a "
+                   "copy you know to be genuine.")
+@_weights_dir_option
+@_handled
+def add_nnunet_cmd(source: str, name: str, configuration: str | None, folds: tuple[str, ...],
+                   checkpoint_name: str, tumour_labels: str | None, trainer_base: str | None,
+                   trust: bool, weights_dir: str | None) -> None:
+    """Install any nnU-Net v2 model from SOURCE: a zip made by nnUNetv2_export_model_to_zip,
+    a TotalSegmentator weights zip, or a model folder.
+
+    The layout is checked, zip members that could land outside the target are refused,
+    every checkpoint must load strictly into the network nnU-Net builds from plans.json,
+    and the model is staged in a hidden folder and renamed into place (nothing is
+    installed on failure). The choices (configuration, folds, checkpoint, tumour labels,
+    the stock trainer a custom trainer runs as) are recorded with it
+    (autoseg_nnunet.json) and its sha256 in installed.json. Use it with
+    `--detector nnunet_fullscan --detector-model NAME` or `--veto-model NAME`.
+
+    An unknown trainer class is refused (exit 78) unless the table in docs/detector.md
+    maps it or --trainer-base names its stock base.
+
+    \b
+    Examples:
+      autoseg weights add-nnunet Dataset913_lung_nodules.zip --name totalseg_lung_nodules
+      autoseg weights add-nnunet model.zip --name my_model --configuration 3d_fullres \\
+          --fold 0 --tumour-labels 2
+      autoseg weights add-nnunet ~/nnUNet_results/Dataset501_X/nnUNetTrainer__nnUNetPlans__3d_fullres \\
+          --name my_model --checkpoint-name checkpoint_best.pth
+    """
+    from .models.nnunet.install import InstallChoices, add_nnunet, parse_folds
+
+    labels: tuple[int, ...] | None = None
+    if tumour_labels:
+        try:
+            labels = tuple(int(v) for v in tumour_labels.split(",") if v.strip())
+        except ValueError as e:
+            raise ConfigError(f"--tumour-labels must be comma-separated label numbers; got "
+                              f"{tumour_labels!r}") from e
+    choices = InstallChoices(configuration=configuration, folds=parse_folds(list(folds) or None),
+                             checkpoint_name=checkpoint_name, tumour_labels=labels,
+                             trainer_base=trainer_base)
+    wdir = _wdir(weights_dir)
+    rec = add_nnunet(source, name, wdir, choices, trust=trust)
+    from .models.nnunet.install import read_installed
+
+    m = read_installed(wdir / rec.file)
+    click.echo(f"{rec.name}: installed {wdir / rec.file}")
+    click.echo(f"  {m.dataset or '?'} {m.configuration}, fold(s) {', '.join(map(str, m.folds))}, "
+               f"{m.checkpoint_name}")
+    click.echo(f"  trainer {m.trainer} run as {m.trainer_base} ({m.trainer_rule})")
+    click.echo(f"  tumour labels {', '.join(f'{v} ({n})' for v, n in zip(m.tumour_labels, m.label_names(m.tumour_labels)))}")
+    click.echo(f"  sha256 {rec.sha256}")
+    click.echo(f"  {rec.state}")

@@ -425,6 +425,21 @@ class NnunetOutput:
                 from_canonical(np.clip(fg, 0.0, 1.0).astype(np.float32), self._direction))
         return self._fg
 
+    def label_probability(self, labels: Sequence[int]) -> npt.NDArray[np.float32]:
+        """P(voxel has one of ``labels``), 0..1, in the volume's grid (not cached).
+
+        ``labels`` are label values of the model's dataset.json (plain, not region-based).
+        """
+        _, probs = self._convert(True)
+        probs = np.asarray(probs)
+        bad = [v for v in labels if not 0 < int(v) < probs.shape[0]]
+        if bad or not labels:
+            raise ConfigError(f"Argument 'labels' must be foreground labels 1..{probs.shape[0] - 1} "
+                              f"of the model; got {list(labels)!r}")
+        p = probs[[int(v) for v in labels]].sum(axis=0)
+        return np.ascontiguousarray(
+            from_canonical(np.clip(p, 0.0, 1.0).astype(np.float32), self._direction))
+
 
 @dataclass(eq=False)
 class NnunetModel:

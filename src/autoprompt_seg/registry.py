@@ -53,7 +53,12 @@ class BackendSpec:
                                    f"{', '.join(deps)}: pip install {' '.join(deps)}")
         mod_name, attr = self.factory.split(":")
         mod = importlib.import_module(mod_name, package=__package__)
-        return getattr(mod, attr)(settings)
+        obj = getattr(mod, attr)(settings)
+        if self.kind == "detector" and settings.options.get("veto"):
+            # the optional anatomy veto (--veto-model) wraps any detector
+            veto = importlib.import_module(".models.nnunet.veto", package=__package__)
+            obj = veto.wrap(obj, settings)
+        return obj
 
 
 BACKENDS: tuple[BackendSpec, ...] = (
@@ -78,6 +83,14 @@ BACKENDS: tuple[BackendSpec, ...] = (
         summary="no prompt: one box covering the whole volume, for the prompt-free "
                 "segmenters (nnunet, unet, deeplabv3); their mask is split into lesions",
         factory=".detect.none:create"),
+    BackendSpec(
+        name="nnunet_fullscan", kind="detector",
+        summary="an installed full-resolution nnU-Net model (default TotalSegmentator "
+                "lung_nodules, weights totalseg_lung_nodules; others with --detector-model "
+                "NAME) run on the lungs' bounding box + 20 mm; its tumour label's components "
+                "become boxes",
+        factory=".models.nnunet.fullscan:create", requires=("nnunetv2", "torch", "scipy"),
+        weights=("totalseg_lung_nodules",)),
     BackendSpec(
         name="classical", kind="segmenter",
         summary="training-free: box-prompted region growing on the key slice, then slice "

@@ -37,6 +37,7 @@ import os
 import shutil
 import tempfile
 import tomllib
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
@@ -272,6 +273,20 @@ def checkpoint_provenance(sha256: str, architecture: str, weights_dir: Path | No
     return Provenance(UNKNOWN, "", UNKNOWN)
 
 
+def _with_installed_extras(manifest: Mapping[str, WeightsEntry],
+                           records: Mapping[str, InstalledWeights]) -> dict[str, WeightsEntry]:
+    """The manifest plus an entry for every installed name it does not list (models
+    installed under a name of the user's choice, e.g. ``weights add-nnunet --name N``)."""
+    out = dict(manifest)
+    for rec in records.values():
+        if rec.name not in out:
+            out[rec.name] = WeightsEntry(name=rec.name, file=rec.file,
+                                         architecture=rec.architecture, source="",
+                                         description="installed under this name (not in "
+                                                     "the manifest)")
+    return out
+
+
 def _write_installed(weights_dir: Path, records: Mapping[str, InstalledWeights]) -> None:
     p = Path(weights_dir) / INSTALLED_JSON
     fd, tmp = tempfile.mkstemp(dir=weights_dir, prefix=".installed-", suffix=".json")
@@ -375,7 +390,8 @@ def _check_nnunet_folder(path: Path) -> None:
     for f in ("dataset.json", "plans.json"):
         if not (path / f).is_file():
             raise ConfigError(f"nnU-Net model folder {str(path)!r} has no {f}")
-    ckpts = sorted(path.glob("fold_*/checkpoint_final.pth"))
+    ckpts = (sorted(path.glob("fold_*/checkpoint_final.pth"))
+             or sorted(path.glob("fold_*/checkpoint_best.pth")))  # add-nnunet may pick best
     if not ckpts:
         raise ConfigError(f"nnU-Net model folder {str(path)!r} has no "
                           f"fold_X/checkpoint_final.pth")
@@ -537,6 +553,7 @@ def list_weights(weights_dir: Path, *, manifest: Mapping[str, WeightsEntry] | No
     """Every manifest entry with its install state (no hashing: reads ``installed.json``)."""
     manifest = load_manifest() if manifest is None else manifest
     records = _read_installed(Path(weights_dir))
+    manifest = _with_installed_extras(manifest, records)
     out = []
     for e in manifest.values():
         p = Path(weights_dir) / e.file
@@ -571,6 +588,7 @@ def verify(weights_dir: Path, *, manifest: Mapping[str, WeightsEntry] | None = N
     manifest = load_manifest() if manifest is None else manifest
     wdir = Path(weights_dir)
     records = _read_installed(wdir)
+    manifest = _with_installed_extras(manifest, records)
     out = []
     for e in manifest.values():
         p = wdir / e.file
@@ -697,6 +715,16 @@ def _fetch_into(entry: WeightsEntry, wdir: Path, part: Path, *, timeout: float,
         raise UnavailableError(f"download of {name} from {entry.source} has sha256 {sha}; the "
                                f"manifest pins {entry.sha256}: the file is deleted, nothing "
                                "was installed")
+    if entry.architecture == "nnunetv2_model_folder" and zipfile.is_zipfile(part):
+        # an nnU-Net model zip (e.g. TotalSegmentator's): checked and installed by add-nnunet
+        from .models.nnunet.install import add_nnunet
+
+        try:
+            rec: InstalledWeights = add_nnunet(part, name, wdir, origin="fetch",
+                                               source_text=entry.source)
+        finally:
+            part.unlink(missing_ok=True)
+        return rec
     try:
         check_fits(part, entry.architecture)
     except (ConfigError, UnavailableError):
