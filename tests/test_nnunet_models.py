@@ -387,3 +387,40 @@ def test_veto_through_the_cli_and_report(wdir: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["backends", "--json", "--weights-dir", str(wdir)])
     rows = {(x["kind"], x["name"]): x for x in json.loads(r.output)}
     assert rows[("detector", "nnunet_fullscan")]["state"] == "weights missing"
+
+
+def test_fetch_installs_an_nnunet_zip_as_an_official_download(
+        zips: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`weights fetch` of a manifest entry whose URL gives an nnU-Net zip: downloaded,
+    checked and installed by add-nnunet, recorded as an official download."""
+    import functools
+    import http.server
+    import threading
+
+    from autoprompt_seg import weights as W
+    from autoprompt_seg.models.nnunet.fullscan import FullscanDetector
+
+    for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+              "ALL_PROXY"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(zips["stock"].parent))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/{zips['stock'].name}"
+        m = dict(W.load_manifest())
+        m["tiny_zip"] = W.WeightsEntry(name="tiny_zip", file="tiny_zip",
+                                       architecture="nnunetv2_model_folder", source=url)
+        w = tmp_path / "w"
+        rec = W.fetch("tiny_zip", w, manifest=m, timeout=5)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert rec.origin == "fetch" and rec.state == W.OFFICIAL and rec.source == url
+    assert not list(w.glob(".*.part")) and not list(w.glob(".adding-*"))
+    det = FullscanDetector(_settings(w, nnunet_fullscan={"model": "tiny_zip"}))
+    assert det.info().trained is True  # an official download, by the recorded sha256
+    assert "downloaded from its official source" in det.info().details["provenance"]
