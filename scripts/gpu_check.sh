@@ -4,7 +4,7 @@
 #
 # Run in the repository root on a bare machine with torch + CUDA preinstalled, after
 #   pip install -e . --no-deps && pip install sam2==1.1.0 hydra-core omegaconf scipy \
-#       scikit-image pydicom highdicom platformdirs
+#       scikit-image pydicom highdicom platformdirs monai
 # Budget: about 4-5 minutes (most of it is writing the two 512x512x300 studies and the CPU
 # rows); hard limits 300 s (CUDA) + 150 s (CPU).
 #   bash scripts/gpu_check.sh [OUT_DIR]
@@ -40,4 +40,9 @@ for r in rows:
           f"{r['run_s'] / max(r['steps'], 1):7.4f} s/slice  enc {r['encoder_calls']:4d}  "
           f"RSS {r['peak_rss_mb']:6.0f} MB  GPU {r.get('cuda_peak_mb', 0):6.0f} MB")
 PY
+# 3) monai_retinanet detector (MONAI lung_nodule_ct_detection), RANDOM weights, FOR COST ONLY:
+#    512x512x300 synthetic study, CUDA with the bundle's amp (float16 autocast); about 1 min.
+echo "monai_retinanet, RANDOM weights (cost only, no accuracy):"
+timeout 240 "$PY" scripts/bench_retinanet.py --device cuda --json "$OUT/retinanet_cuda.json" \
+    | tee "$OUT/retinanet_cuda.txt" || echo "monai_retinanet CUDA row: failed or timed out"
 echo "total $(( $(date +%s) - START )) s"

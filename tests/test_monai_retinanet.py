@@ -60,7 +60,7 @@ from autoprompt_seg.types import Box3D, Volume  # noqa: E402
 DATA = Path(__file__).resolve().parent / "data" / "monai_lung_nodule_ct_detection"
 SHAPE = (32, 64, 64)  # z, y, x
 SPACING = (1.5, 0.75, 0.75)  # z, y, x mm
-FLIPPED = np.diag([-1.0, 1.0, -1.0])  # x runs right-to-left... no: to patient right; z caudal
+FLIPPED = np.diag([-1.0, 1.0, -1.0])  # columns run to the patient's right, slices caudal
 
 
 @pytest.fixture(scope="session")
