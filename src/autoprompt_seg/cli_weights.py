@@ -253,8 +253,10 @@ def fetch_cmd(name: str, timeout: float, retries: int, quiet: bool,
 def add_nnunet_cmd(source: str, name: str, configuration: str | None, folds: tuple[str, ...],
                    checkpoint_name: str, tumour_labels: str | None, trainer_base: str | None,
                    trust: bool, weights_dir: str | None) -> None:
-    """Install any nnU-Net v2 model from SOURCE: a zip made by nnUNetv2_export_model_to_zip,
-    a TotalSegmentator weights zip, or a model folder.
+    """Install any nnU-Net v2 model (an export zip, a TotalSegmentator zip or a folder).
+
+    SOURCE is a zip made by nnUNetv2_export_model_to_zip, a TotalSegmentator weights zip
+    (same layout), or a model folder.
 
     The layout is checked, zip members that could land outside the target are refused,
     every checkpoint must load strictly into the network nnU-Net builds from plans.json,

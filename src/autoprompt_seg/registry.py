@@ -43,7 +43,12 @@ class BackendSpec:
             return "dependency missing", f"pip install {' '.join(deps)}"
         w = self.missing_weights(settings)
         if w:
-            return "weights missing", " ; ".join(f"autoseg weights add FILE --name {n}" for n in w)
+            from .weights import load_manifest
+
+            m = load_manifest()
+            return "weights missing", " ; ".join(
+                f"autoseg weights fetch {n}" if n in m and m[n].source
+                else f"autoseg weights add FILE --name {n}" for n in w)
         return "ready", ""
 
     def create(self, settings: Settings) -> Any:

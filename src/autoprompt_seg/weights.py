@@ -386,7 +386,9 @@ def _check_nnunet_folder(path: Path) -> None:
     ``network_weights`` and ``inference_allowed_mirroring_axes``."""
     if not path.is_dir():
         raise ConfigError(f"weights {str(path)!r} must be an nnU-Net v2 model folder "
-                          f"(dataset.json, plans.json, fold_X/checkpoint_final.pth)")
+                          f"(dataset.json, plans.json, fold_X/checkpoint_final.pth); for a "
+                          f"zip (nnU-Net export, TotalSegmentator) use `autoseg weights "
+                          f"add-nnunet ZIP --name NAME`")
     for f in ("dataset.json", "plans.json"):
         if not (path / f).is_file():
             raise ConfigError(f"nnU-Net model folder {str(path)!r} has no {f}")
