@@ -160,6 +160,54 @@ def test_wrong_keys_are_refused_by_name(tmp_path: Path, random_state_dict) -> No
         load_network(bad)
 
 
+def test_fetch_installs_an_official_download(ckpt: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``weights fetch`` of the manifest entry (its URL pointed at a loopback server that
+    serves the generated model.pt) goes through the strict RetinaNet check and is then an
+    official download; a file that does not load is deleted, nothing installed."""
+    import functools
+    import http.server
+    import threading
+    from dataclasses import replace
+
+    from autoprompt_seg.models.monai_retinanet.detector import resolve_checkpoint
+
+    for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+              "ALL_PROXY"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    served = tmp_path / "srv"
+    served.mkdir()
+    shutil.copyfile(ckpt, served / "model.pt")
+    (served / "bad.pt").write_bytes(b"not a torch file")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}"
+        m = W.load_manifest()
+        wdir = tmp_path / "w"
+        bad = dict(m, **{WEIGHTS_NAME: replace(m[WEIGHTS_NAME], source=f"{base}/bad.pt")})
+        with pytest.raises(Exception, match="truncated, corrupt"):
+            W.fetch(WEIGHTS_NAME, wdir, manifest=bad)
+        assert not (wdir / m[WEIGHTS_NAME].file).exists()
+        good = dict(m, **{WEIGHTS_NAME: replace(m[WEIGHTS_NAME], source=f"{base}/model.pt")})
+        rec = W.fetch(WEIGHTS_NAME, wdir, manifest=good)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert rec.state == W.OFFICIAL and rec.origin == "fetch"
+    choice = resolve_checkpoint(Settings(device="cpu", weights_dir=wdir), WEIGHTS_NAME)
+    assert choice.trained and choice.state == W.OFFICIAL
+    assert "not independently pinned" in choice.provenance
+
+
 def test_manifest_entry() -> None:
     e = W.load_manifest()[WEIGHTS_NAME]
     assert e.architecture == ARCHITECTURE and e.sha256 == ""

@@ -82,14 +82,15 @@ def run(detector: Any, image: Any, device: str = "cpu", amp: bool = True) -> Raw
     except RuntimeError as e:
         raise BackendError(f"RetinaNet inference failed on an image of shape "
                            f"{tuple(image.shape)}: {str(e)[:300]}") from e
-    pred = out[0]
-    raw_boxes = pred["box"].detach().float().cpu()
+    pred = {k: v.detach().cpu() if hasattr(v, "detach") else v for k, v in out[0].items()}
+    pred["box"] = pred["box"].float()
+    raw_boxes = pred["box"]
     img_cpu = image.detach().cpu() if hasattr(image, "detach") else image
     clipped = _clip(raw_boxes, img_cpu)
     post = postprocessing()({**pred, "image": img_cpu})
     world = np.asarray(post["box"].detach().cpu().double() if hasattr(post["box"], "detach")
                        else post["box"], dtype=np.float64).reshape(-1, 6)
-    scores = pred["label_scores"].detach().float().cpu().numpy().astype(np.float64)
+    scores = pred["label_scores"].float().numpy().astype(np.float64)
     if not (len(world) == len(scores) == len(clipped)):
         raise BackendError(f"RetinaNet postprocessing removed boxes ({len(scores)} scores, "
                            f"{len(world)} boxes): the detector gave empty boxes")

@@ -53,7 +53,8 @@ def transforms() -> Any:
     )
 
     return Compose([
-        Orientationd(keys="image", axcodes="RAS"),
+        # labels: MONAI's long-standing default, given explicitly (silences its warning)
+        Orientationd(keys="image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Spacingd(keys="image", pixdim=list(PIXDIM)),
         ScaleIntensityRanged(keys="image", a_min=A_MIN, a_max=A_MAX, b_min=0.0, b_max=1.0,
                              clip=True),
