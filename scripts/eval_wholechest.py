@@ -115,13 +115,23 @@ def main() -> None:
                     help="operating point (default: the product's)")
     ap.add_argument("--max-lesions", type=int, default=None)
     ap.add_argument("--no-transplants", action="store_true")
+    ap.add_argument("--candidates-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a candidates detector parameter, e.g. remainder_depth=0 "
+                         "(the v2.0 candidates); repeatable")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from autoprompt_seg.transplant import LesionSource, generate
 
-    settings = Settings(cache_dir=default_cache_dir())
+    cand_opts = {}
+    for kv in args.candidates_option:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            ap.error(f"--candidates-option must be KEY=VALUE; got {kv!r}")
+        cand_opts[key] = float(value)
+    settings = Settings(cache_dir=default_cache_dir(),
+                        options={"candidates": cand_opts} if cand_opts else {})
     det = registry.get("detector", args.detector).create(settings)
     seg = registry.get("segmenter", args.segmenter).create(settings)
     op = None

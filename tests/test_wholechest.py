@@ -209,3 +209,38 @@ def test_airways_are_grown_from_the_trachea_without_leaking_into_the_lung():
     assert (found & trachea).sum() > 0.8 * trachea.sum()
     parenchyma = lung & ~ndi.binary_dilation(airway, iterations=2)
     assert (found & parenchyma).sum() < 0.01 * parenchyma.sum()
+
+
+def _bridged_nodule_phantom():
+    """The phantom's right-lung nodule (r 9 mm), joined by a 5 mm-radius vessel-like bridge
+    to a thicker soft-tissue mass (r 16 mm) nearer the mediastinum."""
+    vol, truth = thorax_phantom(seed=4, heart=False, tube=False)
+    sp = vol.spacing
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(vol.shape, sp, strict=True)),
+                          indexing="ij")
+    cy, cx = vol.shape[1] * sp[1] / 2, vol.shape[2] * sp[2] / 2
+    nod = np.array([120.0, cy - 30, cx - 95])
+    big = np.array([120.0, cy - 30, cx - 52])
+    mass = ((z - big[0]) ** 2 + (y - big[1]) ** 2 + (x - big[2]) ** 2) <= 16 ** 2
+    bridge = ((z - nod[0]) ** 2 + (y - nod[1]) ** 2 <= 5 ** 2) & (x > nod[2]) & (x < big[2])
+    arr = vol.array.copy()
+    arr[(mass | bridge) & ~truth["nodule"]] = 35.0
+    return Volume(array=arr, spacing=sp, origin=vol.origin, direction=vol.direction), truth
+
+
+def test_a_nodule_bridged_to_a_thicker_mass_keeps_its_own_candidate():
+    from autoprompt_seg.detect.candidates import CandidatesParams
+
+    vol, truth = _bridged_nodule_phantom()
+    nod = truth["nodule"]
+
+    def nodule_candidates(det):
+        lab, cands = det.candidates(vol.array, vol.spacing)
+        return [c for c in cands if ((lab == c.label) & nod).sum() > 0.5 * (lab == c.label).sum()]
+
+    # v2.0 behaviour: the component's core is the thicker mass; the nodule is lost with
+    # the remainder
+    assert nodule_candidates(CandidatesDetector(CandidatesParams(remainder_depth=0))) == []
+    found = nodule_candidates(CandidatesDetector())
+    assert len(found) == 1
+    assert found[0].thickness_mm == pytest.approx(9.0, abs=2.0)

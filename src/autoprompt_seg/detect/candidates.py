@@ -1,4 +1,4 @@
-"""Training-free lung tumour detector (v2): lung fields, soft-tissue candidates, anatomy
+"""Training-free lung tumour detector (v2.1): lung fields, soft-tissue candidates, anatomy
 context and a calibrated confidence.
 
 The pipeline works on a coarse grid (block means to about ``work_mm`` in-plane and
@@ -18,7 +18,12 @@ spacing:
    broad concavities of the heart, mediastinum or diaphragm.
 3. **Candidates**: soft tissue (smoothed ``soft_lo_hu .. soft_hi_hu``) inside the lung
    fields and outside the aerated lung, after an opening with a ball of radius
-   ``vessel_radius_mm`` that removes vessels and airway walls (thinner structures).
+   ``vessel_radius_mm`` that removes vessels and airway walls (thinner structures). Each
+   component's thick core (an opening with a ball of 0.6 of its thickness, the part that
+   holds its deepest point) is one candidate; what the core leaves of the component is
+   opened again and searched once more (``remainder_depth``, default 1). So a lesion that
+   vessels or a thin rim join to a thicker hilar or mediastinal structure still gets its
+   own candidate (v2.1; in v2.0 it was lost with the structure's remainder).
 4. **Filters and features**: per 3-D component, volume (``min_volume_ml`` ..
    ``max_volume_ml``), thickness (largest inscribed ball radius, ``min_thickness_mm``),
    elongation (ratio of the principal axes: vessels and z-tubes are long) and the share of
@@ -61,7 +66,7 @@ from ..types import BackendInfo, Box3D, Volume
 
 log = logging.getLogger(__name__)
 
-VERSION = "2.0.0"
+VERSION = "2.1.0"
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
@@ -93,6 +98,7 @@ class CandidatesParams:
     airway_hu: float = -950.0
     airway_max_ml: float = 200.0
     max_candidates: float = 10
+    remainder_depth: float = 1
     box_margin_mm: float = 2.0
 
     def __post_init__(self) -> None:
@@ -293,19 +299,24 @@ class CandidatesDetector:
         plab, psize, pfield = self.structures(smooth, lung, field, img)
         soft = (smooth >= p.soft_lo_hu) & (smooth <= p.soft_hi_hu) & field & ~lung
         soft = ndi.binary_opening(soft, structure=_ball(p.vessel_radius_mm, spacing))
-        lab, n = ndi.label(soft)
-        lab = lab.astype(np.int32)
+        lab0, _ = ndi.label(soft)
+        lab = np.zeros(lab0.shape, dtype=np.int32)
         vox_ml = float(np.prod(spacing)) / 1000.0
-        shell_se = ndi.generate_binary_structure(3, 1)
         out: list[Candidate] = []
-        objs = ndi.find_objects(lab)
-        for i, sl in enumerate(objs, start=1):
+        # worklist of (mask inside its box, box, depth): a component whose thick core is
+        # taken out leaves a remainder, which is searched again (depth 1) so that a
+        # lesion joined by vessels or a thin rim to a thicker structure gets its own
+        # candidate instead of being lost with the structure's remainder
+        work: list[tuple[BoolArray, tuple[slice, ...], int]] = []
+        for i, sl in enumerate(ndi.find_objects(lab0), start=1):
             if sl is None:
                 continue
             # a 2-voxel border around the component for its surface
             sl = tuple(slice(max(0, s.start - 2), min(dim, s.stop + 2))
-                       for s, dim in zip(sl, lab.shape, strict=False))
-            comp = lab[sl] == i
+                       for s, dim in zip(sl, lab0.shape, strict=False))
+            work.append((lab0[sl] == i, sl, 0))
+        while work:
+            comp, sl, depth = work.pop()
             vol_ml = float(comp.sum()) * vox_ml
             if vol_ml < p.min_volume_ml or vol_ml > p.max_volume_ml:
                 continue
@@ -314,38 +325,59 @@ class CandidatesDetector:
             thick = float(edt.max()) + 0.5 * float(np.mean(spacing))
             if thick < p.min_thickness_mm:
                 continue
-            comp = self._core(comp, edt, thick, spacing)
-            vol_ml = float(comp.sum()) * vox_ml
-            if vol_ml < p.min_volume_ml:
-                continue
-            coords = np.argwhere(comp).astype(np.float64) * np.asarray(spacing)
-            if len(coords) >= 4:
-                ev = np.sort(np.linalg.eigvalsh(np.cov(coords.T)))[::-1]
-                elong = float(np.sqrt(ev[0] / max(ev[2], 1e-6)))
-            else:
-                elong = 1.0
-            # the ring one voxel beyond the surface: the voxels right at the surface may be
-            # partial-volume tissue that the smoothed threshold and the opening left out
-            inner = ndi.binary_dilation(comp, structure=shell_se)
-            shell = ndi.binary_dilation(inner, structure=shell_se) & ~inner
-            n_shell = int(shell.sum())
-            contact = float((shell & lung[sl]).sum()) / max(n_shell, 1)
-            if contact < p.min_lung_contact:
-                log.debug("candidate %d: lung contact %.2f below %.2f; dropped", i, contact,
-                          p.min_lung_contact)
-                lab[sl][lab[sl] == i] = 0
-                continue
-            ctx, s_ml, s_in = self._context(comp, sl, plab, psize, pfield, spacing)
-            score = self._score(thick, elong, contact, ctx, s_in)
-            log.debug("candidate %d: %.2f ml, thickness %.1f mm, elongation %.2f, lung contact "
-                      "%.2f, score %.2f", i, vol_ml, thick, elong, contact, score)
-            lab[sl][(lab[sl] == i) & ~comp] = 0
-            nzc = np.nonzero(comp)
-            bbox = tuple(slice(s0.start + int(a.min()), s0.start + int(a.max()) + 1)
-                         for s0, a in zip(sl, nzc, strict=False))
-            out.append(Candidate(i, vol_ml, thick, elong, contact, score,
-                                 bbox, ctx, s_ml, s_in))  # type: ignore[arg-type]
+            core = self._core(comp, edt, thick, spacing)
+            if depth < int(p.remainder_depth):
+                rest = ndi.binary_opening(comp & ~ndi.binary_dilation(core),
+                                          structure=_ball(p.vessel_radius_mm, spacing))
+                rlab, rn = ndi.label(rest)
+                for j in range(1, rn + 1):
+                    work.append((rlab == j, sl, depth + 1))
+            cand = self._candidate(core, sl, edt, lung, plab, psize, pfield, spacing,
+                                   len(out) + 1)
+            if cand is not None:
+                lab[sl][core] = cand.label
+                out.append(cand)
         return lab, out
+
+    def _candidate(self, comp: BoolArray, sl: tuple[slice, ...], edt: npt.NDArray[np.float64],
+                   lung: BoolArray, plab: npt.NDArray[np.int32], psize: npt.NDArray[np.float64],
+                   pfield: npt.NDArray[np.float64], spacing: tuple[float, float, float],
+                   label: int) -> Candidate | None:
+        """Features and score of one core (``comp`` inside box ``sl``), or None when it
+        is too small or too little of its surface touches the lung."""
+        p = self.params
+        vox_ml = float(np.prod(spacing)) / 1000.0
+        vol_ml = float(comp.sum()) * vox_ml
+        if vol_ml < p.min_volume_ml:
+            return None
+        thick = float(edt[comp].max()) + 0.5 * float(np.mean(spacing))
+        if thick < p.min_thickness_mm:
+            return None
+        coords = np.argwhere(comp).astype(np.float64) * np.asarray(spacing)
+        if len(coords) >= 4:
+            ev = np.sort(np.linalg.eigvalsh(np.cov(coords.T)))[::-1]
+            elong = float(np.sqrt(ev[0] / max(ev[2], 1e-6)))
+        else:
+            elong = 1.0
+        # the ring one voxel beyond the surface: the voxels right at the surface may be
+        # partial-volume tissue that the smoothed threshold and the opening left out
+        shell_se = ndi.generate_binary_structure(3, 1)
+        inner = ndi.binary_dilation(comp, structure=shell_se)
+        shell = ndi.binary_dilation(inner, structure=shell_se) & ~inner
+        contact = float((shell & lung[sl]).sum()) / max(int(shell.sum()), 1)
+        if contact < p.min_lung_contact:
+            log.debug("candidate: lung contact %.2f below %.2f; dropped", contact,
+                      p.min_lung_contact)
+            return None
+        ctx, s_ml, s_in = self._context(comp, sl, plab, psize, pfield, spacing)
+        score = self._score(thick, elong, contact, ctx, s_in)
+        log.debug("candidate %d: %.2f ml, thickness %.1f mm, elongation %.2f, lung contact "
+                  "%.2f, score %.2f", label, vol_ml, thick, elong, contact, score)
+        nzc = np.nonzero(comp)
+        bbox = tuple(slice(s0.start + int(a.min()), s0.start + int(a.max()) + 1)
+                     for s0, a in zip(sl, nzc, strict=False))
+        return Candidate(label, vol_ml, thick, elong, contact, score,
+                         bbox, ctx, s_ml, s_in)  # type: ignore[arg-type]
 
     def structures(self, smooth: FloatArray, lung: BoolArray, field: BoolArray,
                    img: FloatArray | None = None
