@@ -244,3 +244,28 @@ def test_a_nodule_bridged_to_a_thicker_mass_keeps_its_own_candidate():
     found = nodule_candidates(CandidatesDetector())
     assert len(found) == 1
     assert found[0].thickness_mm == pytest.approx(9.0, abs=2.0)
+
+
+def test_a_part_solid_nodule_gets_a_box_that_holds_its_ground_glass():
+    vol, truth = thorax_phantom(seed=5, heart=False, tube=False, nodule=False)
+    sp = vol.spacing
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(vol.shape, sp, strict=True)),
+                          indexing="ij")
+    cy, cx = vol.shape[1] * sp[1] / 2, vol.shape[2] * sp[2] / 2
+    r2 = (z - 120) ** 2 + (y - (cy - 30)) ** 2 + (x - (cx - 95)) ** 2
+    ggo, solid = r2 <= 15 ** 2, r2 <= 7 ** 2
+    arr = vol.array.copy()
+    arr[ggo] = -560.0 + (arr[ggo] + 850.0)  # ground glass, with the phantom's noise
+    arr[solid] = 30.0 + (vol.array[solid] + 850.0)
+    part_solid = Volume(array=arr, spacing=sp, origin=vol.origin, direction=vol.direction)
+    det = CandidatesDetector()
+    (box,) = [b for b in det.detect(part_solid) if _hits(b, solid)]
+    # the box holds most of the ground glass, not only the solid core
+    assert _hits(box, ggo) >= 0.85 * int(ggo.sum())
+    # a solid nodule of the same core keeps a tight box (no halo)
+    arr2 = vol.array.copy()
+    arr2[solid] = 30.0 + (vol.array[solid] + 850.0)
+    solid_vol = Volume(array=arr2, spacing=sp, origin=vol.origin, direction=vol.direction)
+    (tight,) = [b for b in det.detect(solid_vol) if _hits(b, solid)]
+    assert tight.size[1] * sp[1] <= 2 * 7 + 2 * 2 + 2 * 2.0 + 1e-6  # core + margin + grid
+    assert _hits(tight, ggo) < 0.6 * int(ggo.sum())

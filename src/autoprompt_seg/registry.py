@@ -69,8 +69,9 @@ class BackendSpec:
 BACKENDS: tuple[BackendSpec, ...] = (
     BackendSpec(
         name="candidates", kind="detector",
-        summary="training-free: lung-field masks, soft-tissue candidates, vessel suppression, "
-                "shape filters; one box per lesion on its largest slice",
+        summary="training-free, anatomy-aware: soft-tissue candidates in the lung fields, "
+                "scored against the airways, mediastinum, heart and great vessels; a "
+                "calibrated confidence, one box per lesion on its largest slice",
         factory=".detect.candidates:create", requires=("scipy", "skimage"), traditional=True),
     BackendSpec(
         name="oracle", kind="detector",

@@ -46,13 +46,17 @@ spacing:
    the pipeline's operating point (``--min-score``, default 0.4) decides which are
    segmented and which are only listed in report.json.
 6. **Boxes**: one :class:`Box3D` per component, mapped back to the original grid, with
-   the key slice at the component's largest cross-section.
+   the key slice at the component's largest cross-section. A part-solid lesion's core is
+   only its solid part, so the box also holds the core's ground-glass halo (voxels of
+   ``ggo_lo_hu .. soft_lo_hu`` joined to the core, at most ``halo_mm`` away, opened with a
+   ball of ``halo_open_mm``) when that halo is larger than ``min_halo_ratio`` times the
+   core; the partial-volume rim of a solid lesion stays under that ratio (v2.1).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -99,6 +103,10 @@ class CandidatesParams:
     airway_max_ml: float = 200.0
     max_candidates: float = 10
     remainder_depth: float = 1
+    ggo_lo_hu: float = -700.0
+    halo_mm: float = 10.0
+    halo_open_mm: float = 2.5
+    min_halo_ratio: float = 2.0
     box_margin_mm: float = 2.0
 
     def __post_init__(self) -> None:
@@ -145,6 +153,7 @@ class Candidate:
     context_frac: float = 1.0
     structure_ml: float = 0.0
     structure_in_field: float = 1.0
+    extent: tuple[slice, slice, slice] | None = None
 
 
 def _ball(radius_mm: float, spacing: tuple[float, float, float]) -> BoolArray:
@@ -298,6 +307,8 @@ class CandidatesDetector:
         smooth = ndi.uniform_filter(img, size=3)
         plab, psize, pfield = self.structures(smooth, lung, field, img)
         soft = (smooth >= p.soft_lo_hu) & (smooth <= p.soft_hi_hu) & field & ~lung
+        # ground glass around a core: the sub-solid part of a part-solid lesion
+        ggo = (smooth >= p.ggo_lo_hu) & (smooth < p.soft_lo_hu) & field
         soft = ndi.binary_opening(soft, structure=_ball(p.vessel_radius_mm, spacing))
         lab0, _ = ndi.label(soft)
         lab = np.zeros(lab0.shape, dtype=np.int32)
@@ -336,8 +347,37 @@ class CandidatesDetector:
                                    len(out) + 1)
             if cand is not None:
                 lab[sl][core] = cand.label
-                out.append(cand)
+                out.append(replace(cand, extent=self._extent(core, sl, ggo, spacing)))
         return lab, out
+
+    def _extent(self, core: BoolArray, sl: tuple[slice, ...], ggo: BoolArray,
+                spacing: tuple[float, float, float]) -> tuple[slice, slice, slice]:
+        """The box of the core with its ground-glass halo: sub-solid voxels
+        (``ggo_lo_hu .. soft_lo_hu``) joined to the core, at most ``halo_mm`` from it,
+        after an opening with a ball of ``halo_open_mm`` that removes the thin
+        partial-volume rims of vessels. A part-solid lesion's core is only its solid
+        part; the segmenter needs a box that holds the whole lesion."""
+        p = self.params
+        pad = [int(np.ceil(p.halo_mm / sp)) + 1 for sp in spacing]
+        big = tuple(slice(max(0, s.start - q), min(d, s.stop + q))
+                    for s, q, d in zip(sl, pad, ggo.shape, strict=True))
+        c = np.zeros([b.stop - b.start for b in big], dtype=bool)
+        off = [s.start - b.start for s, b in zip(sl, big, strict=True)]
+        c[off[0]:off[0] + core.shape[0], off[1]:off[1] + core.shape[1],
+          off[2]:off[2] + core.shape[2]] = core
+        near = ndi.distance_transform_edt(~c, sampling=spacing) <= p.halo_mm
+        region = ndi.binary_opening((ggo[big] & near) | c, structure=_ball(p.halo_open_mm, spacing))
+        region |= c
+        lab, _ = ndi.label(region)
+        ids = np.unique(lab[c])
+        keep = np.isin(lab, ids[ids > 0])
+        log.debug("halo: core %d voxels, with halo %d (ratio %.2f)", int(c.sum()), int(keep.sum()),
+                  keep.sum() / max(c.sum(), 1) - 1)
+        if keep.sum() < (1.0 + p.min_halo_ratio) * c.sum():
+            keep = c  # a solid lesion: the halo is only its partial-volume rim
+        nz = np.nonzero(keep)
+        return tuple(slice(b.start + int(a.min()), b.start + int(a.max()) + 1)
+                     for b, a in zip(big, nz, strict=True))  # type: ignore[return-value]
 
     def _candidate(self, comp: BoolArray, sl: tuple[slice, ...], edt: npt.NDArray[np.float64],
                    lung: BoolArray, plab: npt.NDArray[np.int32], psize: npt.NDArray[np.float64],
@@ -484,12 +524,13 @@ class CandidatesDetector:
             comp = lab[c.bbox] == c.label
             area = comp.sum(axis=(1, 2))
             kw = c.bbox[0].start + int(area.argmax())
-            z0 = max(0, c.bbox[0].start * f[0] - mz)
-            z1 = min(nz, c.bbox[0].stop * f[0] + mz)
-            y0 = max(0, c.bbox[1].start * f[1] - my)
-            y1 = min(ny, c.bbox[1].stop * f[1] + my)
-            x0 = max(0, c.bbox[2].start * f[2] - mx)
-            x1 = min(nx, c.bbox[2].stop * f[2] + mx)
+            e = c.extent or c.bbox
+            z0 = max(0, e[0].start * f[0] - mz)
+            z1 = min(nz, e[0].stop * f[0] + mz)
+            y0 = max(0, e[1].start * f[1] - my)
+            y1 = min(ny, e[1].stop * f[1] + my)
+            x0 = max(0, e[2].start * f[2] - mx)
+            x1 = min(nx, e[2].stop * f[2] + mx)
             key = int(min(max(kw * f[0] + f[0] // 2, z0), z1 - 1))
             boxes.append(Box3D(z0=z0, z1=z1, y0=y0, y1=y1, x0=x0, x1=x1, key_slice=key,
                                score=min(1.0, max(0.0, c.score)), source="candidates"))
