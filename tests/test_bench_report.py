@@ -228,3 +228,13 @@ def test_write_overlay_takes_png_bytes_only(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="'png'"):
         write_overlay(tmp_path / "c.png", b"GIF89a")
     assert not (tmp_path / "c.png").exists()
+
+
+def test_detectors_compare_on_false_positives_per_study() -> None:
+    rows = [_row("h1", f"c{i}", "classical+candidates", 0.7, fp=0) for i in range(3)]
+    rows += [_row("h2", f"c{i}", "classical+monai_retinanet", 0.6, fp=fp)
+             for i, fp in enumerate((0, 1, 3))]
+    s = summarise(rows)
+    fps = {g["method"]: g["metrics"]["fp"]["mean"] for g in s["groups"]}
+    assert fps == {"classical+candidates": 0.0, "classical+monai_retinanet": pytest.approx(4 / 3)}
+    assert "FP/study" in markdown(s, rows)

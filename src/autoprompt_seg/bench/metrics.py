@@ -66,9 +66,10 @@ log = logging.getLogger(__name__)
 Mask = npt.NDArray[np.bool_]
 Spacing = tuple[float, float, float]
 
-#: Per-case metric names, in report order.
+#: Per-case metric names, in report order. ``fp`` is the case's false-positive lesions, so
+#: its mean over a group is the false positives per study (detectors compared in a bench).
 CASE_METRICS = ("dice", "iou", "hd95_mm", "assd_mm", "nsd_2mm", "vol_err_ml", "abs_vol_err_ml",
-                "dice2d", "sensitivity", "precision", "f1")
+                "dice2d", "sensitivity", "precision", "f1", "fp")
 
 
 def _as_mask(arr: npt.ArrayLike, name: str) -> Mask:

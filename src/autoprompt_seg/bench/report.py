@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 COST_FIELDS = ("load_s", "detect_s", "segment_s", "metrics_s", "peak_rss_mb")
 _LABELS = {"dice": "Dice", "iou": "IoU", "hd95_mm": "HD95 mm", "assd_mm": "ASSD mm",
            "nsd_2mm": "NSD@2mm", "vol_err_ml": "ΔV ml", "abs_vol_err_ml": "abs ΔV ml",
-           "dice2d": "Dice2D", "sensitivity": "Sens", "precision": "Prec", "f1": "F1",
+           "dice2d": "Dice2D", "sensitivity": "Sens", "precision": "Prec", "f1": "F1", "fp": "FP/study",
            "detect_s": "detect s", "segment_s": "segment s", "peak_rss_mb": "peak RSS MiB"}
 
 
@@ -373,7 +373,7 @@ def markdown(summary: dict[str, Any], rows: Sequence[dict[str, Any]], *,
     """``summary.md``: groups, accuracy (mean ± sd; median [IQR] and CI of the main
     metrics), cost, paired comparisons and the per-case table."""
     cols = ["dice", "iou", "hd95_mm", "assd_mm", "nsd_2mm", "abs_vol_err_ml", "dice2d",
-            "sensitivity", "precision", "f1"]
+            "sensitivity", "precision", "f1", "fp"]
     groups = summary["groups"]
     generated = generated or _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     datasets = ", ".join(summary.get("datasets", [])) or "–"
