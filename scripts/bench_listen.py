@@ -86,7 +86,7 @@ def run_receiver(kind: str, work: Path, send: Callable[[int, str, Path], None],
         cmd = ["storescp", "-aet", aet, "-od", str(out), str(port)]
     else:
         aet = "AUTOSEG"
-        cmd = [sys.executable, "-m", "autoprompt_seg.cli_listen", "listen", "--host",
+        cmd = [sys.executable, "-m", "autoprompt_seg.cli.listen", "listen", "--host",
                "127.0.0.1", "--port", str(port), "--spool", str(out), "--workers", "0",
                "--quiet-period", "3600", "--min-free-mb", "1", "--quiet-log"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

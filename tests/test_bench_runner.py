@@ -178,7 +178,7 @@ def test_msd_layout_reads_dataset_json(pairs_root: Path, tmp_path: Path) -> None
 
 
 def test_cli_run_and_report(pairs_root: Path, tmp_path: Path) -> None:
-    from autoprompt_seg.cli_bench import bench
+    from autoprompt_seg.cli.bench import bench
 
     out = tmp_path / "cli"
     res = CliRunner().invoke(bench, ["run", "--dataset", "pairs", "--dataset-path",
@@ -231,7 +231,7 @@ def test_nsclc_layout_on_the_real_pycerr_studies(pycerr_root: Path) -> None:
 
 
 def test_cli_splits_then_run_one_split(pairs_root: Path, tmp_path: Path) -> None:
-    from autoprompt_seg.cli_bench import bench
+    from autoprompt_seg.cli.bench import bench
 
     sp = tmp_path / "splits.json"
     res = CliRunner().invoke(bench, ["splits", "--dataset", "pairs", "--dataset-path",

@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from autoprompt_seg.cli_listen import listen, queue, register
+from autoprompt_seg.cli.listen import listen, queue, register
 from autoprompt_seg.listen.queue import JobQueue
 from autoprompt_seg.listen.spool import Spool
 
@@ -68,7 +68,7 @@ def test_queue_list_retry_forget(group: click.Group, tmp_path: Path) -> None:
 
 
 def test_standalone_errors_name_argument_and_value(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "autoprompt_seg.cli_listen"]
+    cmd = [sys.executable, "-m", "autoprompt_seg.cli.listen"]
     r = subprocess.run([*cmd, "listen", "--spool", str(tmp_path / "s"), "--dest", "nowhere"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 78 and "'dest'" in r.stderr and "'nowhere'" in r.stderr

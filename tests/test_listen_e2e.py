@@ -141,7 +141,7 @@ def test_geometry_failure_recorded_node_keeps_serving(tmp_path: Path) -> None:
 def _cli() -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "autoprompt_seg.cli_listen"]
+    return [sys.executable, "-m", "autoprompt_seg.cli.listen"]
 
 
 @pytest.mark.slow

@@ -87,13 +87,13 @@ class Proc:
 
 
 class NodeProc(Proc):
-    """``python -m autoprompt_seg.cli_listen listen ...`` on loopback."""
+    """``python -m autoprompt_seg.cli.listen listen ...`` on loopback."""
 
     def __init__(self, spool: Path, port: int, *args: str, log: Path | None = None,
                  ready: bool = True) -> None:
         self.port = port
         self.spool = spool
-        cmd = [sys.executable, "-m", "autoprompt_seg.cli_listen", "listen", "--host", HOST,
+        cmd = [sys.executable, "-m", "autoprompt_seg.cli.listen", "listen", "--host", HOST,
                "--port", str(port), "--spool", str(spool), "--min-free-mb", "1", *args]
         env = dict(os.environ, OMP_NUM_THREADS="1")
         super().__init__(cmd, log or spool.parent / f"node-{port}.log", env=env)

@@ -132,7 +132,7 @@ def wdir(zips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Pat
 def _cli(*args: str) -> tuple[int, str]:
     from click.testing import CliRunner
 
-    from autoprompt_seg.cli_weights import weights
+    from autoprompt_seg.cli.weights import weights
 
     r = CliRunner().invoke(weights, list(args))
     return r.exit_code, r.output

@@ -56,7 +56,7 @@ def _outputs(info: BackendInfo, case: tuple[Any, Any], out: Path) -> tuple[dict[
 
 
 def _listed(wdir: Path) -> str:
-    from autoprompt_seg.cli_weights import weights
+    from autoprompt_seg.cli.weights import weights
 
     r = CliRunner().invoke(weights, ["list", "--json", "--weights-dir", str(wdir)])
     assert r.exit_code == 0, r.output

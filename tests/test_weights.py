@@ -222,7 +222,7 @@ def test_fetch_fails_fast_without_network(tmp_path: Path) -> None:
 def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     from click.testing import CliRunner
 
-    from autoprompt_seg.cli_weights import weights
+    from autoprompt_seg.cli.weights import weights
 
     r = CliRunner().invoke(weights, list(args), env=env)
     return r.exit_code, r.output

@@ -248,7 +248,7 @@ def test_cli_fetch_progress_and_exit_codes(small: Server, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from autoprompt_seg.cli_weights import weights
+    from autoprompt_seg.cli.weights import weights
 
     m = _manifest(small.url)
     monkeypatch.setattr(W, "load_manifest", lambda: m)

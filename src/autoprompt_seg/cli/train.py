@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .cli_common import EXIT_HELP, handled
+from .common import EXIT_HELP, handle_errors
 
 MODELS = ("unet", "deeplabv3", "medsam", "medsam2", "nnunet")
 
@@ -16,7 +16,7 @@ MODELS = ("unet", "deeplabv3", "medsam", "medsam2", "nnunet")
 def _parse_option(values: tuple[str, ...]) -> dict[str, Any]:
     """``key=value`` pairs; values are parsed as JSON when they can be (numbers, lists,
     true/false), else kept as strings."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     out: dict[str, Any] = {}
     for v in values:
@@ -60,7 +60,7 @@ def _parse_option(values: tuple[str, ...]) -> dict[str, Any]:
               show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoint, training record, loss.jsonl; rerun to resume.")
-@handled
+@handle_errors
 def train(model: str, dataset: str, dataset_path: str | None, roi: str,
           splits_file: str | None, split_name: str, cases: tuple[str, ...],
           shots: int | None, epochs: int, batch_size: int, lr: float, steps_per_epoch: int,
@@ -79,11 +79,11 @@ def train(model: str, dataset: str, dataset_path: str | None, roi: str,
       autoseg train medsam2 --dataset msd --dataset-path Task06_Lung --splits splits.json \\
           --init MedSAM2_latest.pt --shots 5 --device cuda --out runs/medsam2-k5
     """
-    from .bench.datasets import get_cases, load_splits
-    from .config import Settings
-    from .errors import ConfigError
-    from .train.core import TrainConfig, train_model
-    from .train.data import kshot_subsets
+    from ..bench.datasets import get_cases, load_splits
+    from ..config import Settings
+    from ..errors import ConfigError
+    from ..train.core import TrainConfig, train_model
+    from ..train.data import kshot_subsets
 
     settings = Settings(device=device)
     pool = get_cases(dataset, dataset_path, roi=roi, cache_dir=settings.cache_dir)

@@ -1,12 +1,7 @@
 """``autoseg bench``: evaluate detector + segmenter combinations on a dataset.
 
-A thin click layer over :mod:`autoprompt_seg.bench`. Register it in ``cli.py`` with::
-
-    from .cli_bench import bench as bench_group
-    main.add_command(bench_group)
-
-Library errors become one-line messages and exit codes through ``cli.handle_errors``,
-imported when a command runs (no import cycle with ``cli.py``).
+A thin click layer over :mod:`autoprompt_seg.bench`, registered by ``cli/app.py``.
+Library errors become one-line messages and exit codes through ``common.handle_errors``.
 """
 
 from __future__ import annotations
@@ -19,10 +14,8 @@ from typing import Any
 
 import click
 
-from .cli_common import EXIT_HELP, handled
-from .types import DEFAULT_MAX_LESIONS, DEFAULT_MIN_SCORE
-
-_handled = handled
+from ..types import DEFAULT_MAX_LESIONS, DEFAULT_MIN_SCORE
+from .common import EXIT_HELP, handle_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_HELP)
@@ -109,7 +102,7 @@ _METHOD_OPTIONS = ("dataset", "dataset_path", "roi", "detector", "segmenter",
               help="Results folder (required without CONFIG); rerunning continues where a "
                    "run stopped.")
 @click.pass_context
-@_handled
+@handle_errors
 def run_cmd(ctx: click.Context, config: str | None, dataset: str, dataset_path: str | None,
             roi: str, detector: str, segmenter: str, checkpoint: str | None,
             prompt_protocol: str, k: int, jitter_shift: float, jitter_scale: float, seed: int,
@@ -135,10 +128,10 @@ def run_cmd(ctx: click.Context, config: str | None, dataset: str, dataset_path: 
     """
     from dataclasses import replace
 
-    from .bench.runner import BenchConfig, run_bench
-    from .bench.study import load_study, run_study
-    from .config import Settings, default_weights_dir
-    from .errors import ConfigError
+    from ..bench.runner import BenchConfig, run_bench
+    from ..bench.study import load_study, run_study
+    from ..config import Settings, default_weights_dir
+    from ..errors import ConfigError
 
     show = not ctx.find_root().obj.quiet if ctx.find_root().obj else True
     if config is not None:
@@ -170,7 +163,7 @@ def run_cmd(ctx: click.Context, config: str | None, dataset: str, dataset_path: 
         raise ConfigError(f"--splits and --split go together; got --splits {splits_file} "
                           f"and --split {split_name}")
     if splits_file is not None and split_name is not None:
-        from .bench.datasets import load_splits
+        from ..bench.datasets import load_splits
 
         sp = load_splits(splits_file)
         if split_name not in sp["cases"]:
@@ -181,7 +174,7 @@ def run_cmd(ctx: click.Context, config: str | None, dataset: str, dataset_path: 
             raise ConfigError(f"--split {split_name!r} of {splits_file} holds no case")
     options: dict[str, Any] = {}
     if checkpoint:
-        from .bench.study import checkpoint_options
+        from ..bench.study import checkpoint_options
 
         options = checkpoint_options(segmenter, checkpoint)
     cfg = BenchConfig(dataset=dataset, dataset_path=dataset_path, roi=roi, detector=detector,
@@ -273,7 +266,7 @@ def _bench_progress(enabled: bool) -> Iterator[tuple[Any, Any, Any]]:
               help="train,val,test fractions of the patients.")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
               help="Splits JSON file to write.")
-@_handled
+@handle_errors
 def splits_cmd(dataset: str, dataset_path: str | None, seed: int, fractions: str,
                out_file: str) -> None:
     """Write a seeded, patient-level train/val/test split of a dataset.
@@ -284,8 +277,8 @@ def splits_cmd(dataset: str, dataset_path: str | None, seed: int, fractions: str
       autoseg bench run --dataset msd --dataset-path Task06_Lung/ --splits splits.json \\
           --split test --out bench-out/
     """
-    from .bench.datasets import get_cases, make_splits, save_splits
-    from .errors import ConfigError
+    from ..bench.datasets import get_cases, make_splits, save_splits
+    from ..errors import ConfigError
 
     try:
         fr = [float(x) for x in fractions.split(",")]
@@ -301,7 +294,7 @@ def splits_cmd(dataset: str, dataset_path: str | None, seed: int, fractions: str
 @bench.command("report", epilog=EXIT_HELP)
 @click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout.")
-@_handled
+@handle_errors
 def report_cmd(results_dir: str, as_json: bool) -> None:
     """Rewrite the CSVs, summary.json, summary.md and report.html of RESULTS_DIR.
 
@@ -309,7 +302,7 @@ def report_cmd(results_dir: str, as_json: bool) -> None:
     Example:
       autoseg bench report bench-out/
     """
-    from .bench.report import write_outputs
+    from ..bench.report import write_outputs
 
     summary = write_outputs(results_dir)
     if as_json:

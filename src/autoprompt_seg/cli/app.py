@@ -6,78 +6,34 @@ weights, 70 backend failure, 73 output cannot be written, 78 configuration error
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from . import __version__, registry
-from .cli_common import EXIT_HELP
-from .errors import AutosegError, ConfigError
-from .types import DEFAULT_MAX_LESIONS, DEFAULT_MIN_SCORE
+from .. import __version__, registry
+from ..errors import AutosegError, ConfigError
+from ..types import DEFAULT_MAX_LESIONS, DEFAULT_MIN_SCORE
+from .bench import bench as bench_group
+from .common import (
+    EXIT_HELP,
+    Ctx,
+    handle_errors,
+    make_settings,
+    setup_logging,
+    stage_bars,
+    stderr_console,
+)
+from .detector import detector as detector_group
+from .listen import register as register_listen
+from .train import train as train_command
+from .weights import weights as weights_group
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("autoprompt_seg")
-
-
-
-class Ctx:
-    def __init__(self, debug: bool = False, quiet: bool = False) -> None:
-        self.debug = debug
-        self.quiet = quiet
-
-
-def _setup_logging(debug: bool, quiet: bool) -> None:
-    from rich.logging import RichHandler
-
-    level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING)
-    handler = RichHandler(console=_stderr(), show_path=debug, show_time=debug,
-                          rich_tracebacks=debug)
-    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
-    logging.getLogger("autoprompt_seg").setLevel(level if not debug else logging.DEBUG)
-
-
-@functools.lru_cache(maxsize=1)
-def _stderr() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def _fail(ctx: Ctx, code: int, message: str) -> None:
-    if ctx.debug:
-        import traceback
-
-        traceback.print_exc()
-    click.echo(f"autoseg: error: {message}", err=True)
-    sys.exit(code)
-
-
-def handle_errors(f: F) -> F:
-    """Turn library errors into one-line messages and documented exit codes."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        ctx = click.get_current_context().find_object(Ctx) or Ctx()
-        try:
-            return f(*args, **kwargs)
-        except AutosegError as e:
-            _fail(ctx, e.exit_code, str(e))
-        except KeyboardInterrupt:
-            _fail(ctx, 130, "interrupted")
-        except (click.exceptions.Exit, click.ClickException, SystemExit):
-            raise
-        except Exception as e:  # noqa: BLE001 - last resort: unexpected bug
-            _fail(ctx, 70, f"unexpected failure: {type(e).__name__}: {e}"
-                  + ("" if ctx.debug else " (run with --debug for the traceback)"))
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -95,55 +51,10 @@ def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
       autoseg demo
     """
     ctx.obj = Ctx(debug=debug, quiet=quiet)
-    _setup_logging(debug, quiet)
+    setup_logging(debug, quiet)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _settings(device: str, threads: int, weights_dir: str | None, options: dict[str, Any]) -> Any:
-    from .config import Settings, default_weights_dir
-
-    return Settings(device=device, threads=threads,
-                    weights_dir=Path(weights_dir) if weights_dir else default_weights_dir(),
-                    options=options)
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int, int], None] | None]]:
-    """Yield a ``stage_progress(stage, total)`` factory backed by a rich progress bar."""
-    if not enabled:
-        yield lambda stage, total: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    with Progress(SpinnerColumn(), TextColumn("{task.description:<10}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=_stderr(),
-                  transient=False) as prog:
-        tasks: dict[str, Any] = {}
-
-        def factory(stage: str, total: int) -> Callable[[int, int], None]:
-            tid = prog.add_task(stage, total=total or None)
-            tasks[stage] = tid
-
-            def update(done: int, tot: int) -> None:
-                prog.update(tid, completed=done, total=tot or None)
-
-            return update
-
-        try:
-            yield factory
-        finally:
-            for tid in tasks.values():
-                t = prog.tasks[tid]
-                prog.update(tid, completed=t.total or 1, total=t.total or 1)
 
 
 def backend_options(f: F) -> F:
@@ -213,7 +124,7 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
                  min_score: float = DEFAULT_MIN_SCORE,
                  max_lesions: int = DEFAULT_MAX_LESIONS,
                  series: str | None = None) -> None:
-    from .predict import predict_path
+    from ..predict import predict_path
 
     if prompts and prompts_from:
         raise ConfigError("give either --prompts or --prompts-from, not both")
@@ -238,7 +149,7 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
     if veto_model:
         options["veto"] = {"model": veto_model}
     if medsam2_checkpoint:
-        from .bench.study import checkpoint_options
+        from ..bench.study import checkpoint_options
 
         for k, v in checkpoint_options(segmenter, medsam2_checkpoint).items():
             options[k] = {**options[k], **v} if isinstance(options.get(k), dict) else v
@@ -246,13 +157,13 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
         options["prompts"] = prompts
     if prompts_from:
         options["prompts_from"] = prompts_from
-    settings = _settings(device, threads, weights_dir, options).with_(
+    settings = make_settings(device, threads, weights_dir, options).with_(
         min_score=min_score, max_lesions=max_lesions)
     show = not (ctx.quiet or as_json)
     if show:
-        _stderr().print(f"[bold]autoseg[/] {study} -> {out_dir}  "
+        stderr_console().print(f"[bold]autoseg[/] {study} -> {out_dir}  "
                         f"(detector {detector}, segmenter {segmenter})")
-    with _progress(show) as stage_progress:
+    with stage_bars(show) as stage_progress:
         res = predict_path(study, out_dir, detector=detector, segmenter=segmenter,
                            settings=settings, series_uid=series, stage_progress=stage_progress)
     pred = res.prediction
@@ -264,7 +175,7 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
         return
     if ctx.quiet:
         return
-    con = _stderr()
+    con = stderr_console()
     for w in res.warnings:
         con.print(f"[yellow]warning:[/] {w}")
     if not pred.lesions:
@@ -323,7 +234,7 @@ def inspect(ctx: Ctx, study: str, as_json: bool) -> None:
     Example:
       autoseg inspect /data/CT_study/
     """
-    from .io.dicom import choose_series, scan_study
+    from ..io.dicom import choose_series, scan_study
 
     series = scan_study(study)
     chosen, reason, error = None, "", ""
@@ -365,7 +276,7 @@ def backends(weights_dir: str | None, as_json: bool) -> None:
     Example:
       autoseg backends
     """
-    settings = _settings("auto", 0, weights_dir, {})
+    settings = make_settings("auto", 0, weights_dir, {})
     rows = []
     for b in registry.BACKENDS:
         state, hint = b.status(settings)
@@ -409,11 +320,11 @@ def demo(ctx: Ctx, synthetic: bool, patient: str, seed: int, **kw: Any) -> None:
       autoseg demo
       autoseg demo --synthetic -o synth-out/
     """
-    from .config import default_cache_dir
+    from ..config import default_cache_dir
 
     cache = default_cache_dir()
     if synthetic:
-        from .synthetic import synthetic_study
+        from ..synthetic import synthetic_study
 
         study_dir = cache / f"synthetic-seed{seed}"
         if not any(study_dir.glob("*.dcm")):
@@ -429,21 +340,15 @@ def demo(ctx: Ctx, synthetic: bool, patient: str, seed: int, **kw: Any) -> None:
                 (Path(tmp) / "s").rename(study_dir)
         study = str(study_dir)
     else:
-        from .data import pycerr_study
+        from ..data import pycerr_study
 
         if not (ctx.quiet or kw.get("as_json")):
-            _stderr().print(f"demo study: pycerr {patient} (cache {cache})")
+            stderr_console().print(f"demo study: pycerr {patient} (cache {cache})")
         study = str(pycerr_study(patient, cache))
     _run_predict(ctx, study, **kw)
 
 
-from .cli_bench import bench as bench_group  # noqa: E402
-from .cli_detector import detector as detector_group  # noqa: E402
-from .cli_listen import register as _register_listen  # noqa: E402
-from .cli_train import train as train_command  # noqa: E402
-from .cli_weights import weights as weights_group  # noqa: E402
-
-_register_listen(main, handle_errors)
+register_listen(main)
 main.add_command(detector_group)
 main.add_command(weights_group)
 main.add_command(bench_group)
@@ -452,6 +357,3 @@ for _group in main.commands.values():
     if "Exit codes" not in (_group.epilog or ""):
         _group.epilog = ((_group.epilog or "") + "\n\n" + EXIT_HELP).strip()
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

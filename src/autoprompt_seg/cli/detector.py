@@ -1,6 +1,6 @@
 """``autoseg detector ...``: train the lightweight nnU-Net v2 tumour detector.
 
-Registered by ``cli.py`` with ``main.add_command(detector)``. A thin layer over
+Registered by ``cli/app.py`` with ``main.add_command(detector)``. A thin layer over
 :mod:`autoprompt_seg.detector_train`; library errors map to their exit codes.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import EXIT_HELP, handled
+from .common import EXIT_HELP, handle_errors
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def detector() -> None:
 @click.option("--weights-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Weights folder for --register (default: AUTOSEG_WEIGHTS_DIR or the user "
                    "data folder).")
-@handled
+@handle_errors
 def train(data: Path, out: Path, epochs: int, iterations: int, target_spacing: float,
           roi_name: str, device: str, threads: int, base_features: int, max_stages: int,
           work_dir: Path | None, register: bool, weights_dir: Path | None) -> None:
@@ -64,7 +64,7 @@ def train(data: Path, out: Path, epochs: int, iterations: int, target_spacing: f
     Example:
       autoseg detector train /data/Task06_Lung --out models/det --epochs 100 --register
     """
-    from .detector_train import TrainConfig, train_detector
+    from ..detector_train import TrainConfig, train_detector
 
     cfg = TrainConfig(data=data, out=out, epochs=epochs, iterations_per_epoch=iterations,
                       target_spacing_mm=target_spacing, roi_name=roi_name, device=device,

@@ -1,8 +1,8 @@
 """``autoseg listen`` and ``autoseg queue``: the DICOM node's command line.
 
 Registered on the main ``autoseg`` group by :func:`register`. The commands raise
-:class:`~autoprompt_seg.errors.AutosegError` subclasses; the caller's error wrapper turns
-them into messages and exit codes. ``python -m autoprompt_seg.cli_listen`` runs the same
+:class:`~autoprompt_seg.errors.AutosegError` subclasses; ``common.handle_errors`` turns
+them into messages and exit codes. ``python -m autoprompt_seg.cli.listen`` runs the same
 commands standalone (used by the tests that ``kill -9`` the node).
 """
 
@@ -20,8 +20,9 @@ from typing import Any
 
 import click
 
-from .errors import AutosegError, ConfigError
-from .types import DEFAULT_MAX_LESIONS, DEFAULT_MIN_SCORE
+from ..errors import ConfigError
+from ..types import DEFAULT_MAX_LESIONS, DEFAULT_MIN_SCORE
+from .common import handle_errors
 
 NODE_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -39,7 +40,7 @@ def _node_logging(quiet: bool, debug: bool) -> None:
 
 
 def _load_config(config_file: str | None, **flags: Any) -> Any:
-    from .listen.config import build_config, read_toml
+    from ..listen.config import build_config, read_toml
 
     file_values = read_toml(config_file) if config_file else {}
     return build_config(file_values, **flags)
@@ -82,6 +83,7 @@ def _load_config(config_file: str | None, **flags: Any) -> Any:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="TOML file with a [listen] table (flags override it; see docs/deploy.md).")
 @click.option("--quiet-log", is_flag=True, help="Only warnings and errors in the log.")
+@handle_errors
 def listen(aet: str | None, host: str | None, port: int | None, spool: str | None,
            dest: tuple[str, ...], allow: tuple[str, ...], workers: int | None,
            quiet_period: float | None, max_associations: int | None,
@@ -107,7 +109,7 @@ def listen(aet: str | None, host: str | None, port: int | None, spool: str | Non
       echoscu -aec AUTOSEG 127.0.0.1 11112          # check it answers
       storescu -aec AUTOSEG +sd +r 127.0.0.1 11112 study/   # send a study
     """
-    from .listen.node import Node
+    from ..listen.node import Node
 
     cfg = _load_config(config_file, aet=aet, host=host, port=port, spool=spool,
                        dest=list(dest) or None, allow=list(allow) or None, workers=workers,
@@ -115,7 +117,7 @@ def listen(aet: str | None, host: str | None, port: int | None, spool: str | Non
                        min_free_mb=min_free_mb, detector=detector, segmenter=segmenter,
                        min_score=min_score, max_lesions=max_lesions,
                        device=device, weights_dir=weights_dir)
-    from . import registry
+    from .. import registry
 
     for kind, name in (("detector", cfg.detector), ("segmenter", cfg.segmenter)):
         registry.get(kind, name)  # unknown names fail now, not in the first job
@@ -134,9 +136,9 @@ def _spool_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _open_queue(spool: str | None, config_file: str | None) -> tuple[Any, Any]:
-    from .listen.config import read_toml
-    from .listen.queue import JobQueue
-    from .listen.spool import Spool
+    from ..listen.config import read_toml
+    from ..listen.queue import JobQueue
+    from ..listen.spool import Spool
 
     if spool is None and config_file:
         spool = read_toml(config_file).get("spool")
@@ -181,6 +183,7 @@ def queue() -> None:
 @_spool_option
 @click.option("--state", default=None, help="Only jobs in this state.")
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout (with deliveries).")
+@handle_errors
 def queue_list(spool: str | None, config_file: str | None, state: str | None,
                as_json: bool) -> None:
     """List the jobs and their states.
@@ -220,6 +223,7 @@ def queue_list(spool: str | None, config_file: str | None, state: str | None,
 @queue.command("retry")
 @click.argument("job_id", metavar="ID", type=int)
 @_spool_option
+@handle_errors
 def queue_retry(job_id: int, spool: str | None, config_file: str | None) -> None:
     """Process a failed (or done/sent) job again, or resend its SEG if only sending failed.
 
@@ -241,6 +245,7 @@ def queue_retry(job_id: int, spool: str | None, config_file: str | None) -> None
 @click.option("--keep-files", is_flag=True, help="Keep the study's files in the spool.")
 @click.option("--force", is_flag=True, help="Also a running or sending job (stop the node "
               "first).")
+@handle_errors
 def queue_forget(job_id: int, spool: str | None, config_file: str | None, keep_files: bool,
                  force: bool) -> None:
     """Remove a job from the queue, with its received files, results and outbox SEG.
@@ -266,30 +271,10 @@ def queue_forget(job_id: int, spool: str | None, config_file: str | None, keep_f
 # --------------------------------------------------------------------------- wiring
 
 
-def register(main: click.Group, wrap: Callable[[Any], Any] | None = None) -> None:
-    """Add ``listen`` and ``queue`` to ``main``; ``wrap`` (e.g. the CLI's
-    ``handle_errors``) is applied to every command callback."""
-    if wrap is not None:
-        for cmd in (listen, *queue.commands.values()):
-            if cmd.callback is not None and not getattr(cmd.callback, "_autoseg_wrapped", False):
-                cmd.callback = wrap(cmd.callback)
-                cmd.callback._autoseg_wrapped = True  # type: ignore[union-attr]
+def register(main: click.Group) -> None:
+    """Add ``listen`` and ``queue`` to ``main``."""
     main.add_command(listen)
     main.add_command(queue)
-
-
-def _standalone_errors(f: Callable[..., Any]) -> Callable[..., Any]:
-    import functools
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return f(*args, **kwargs)
-        except AutosegError as e:
-            click.echo(f"autoseg: error: {e}", err=True)
-            sys.exit(e.exit_code)
-
-    return wrapper
 
 
 @click.group()
@@ -299,5 +284,5 @@ def _standalone() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised by the tests as a subprocess
-    register(_standalone, _standalone_errors)
+    register(_standalone)
     _standalone()

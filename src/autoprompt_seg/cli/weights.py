@@ -1,8 +1,7 @@
 """``autoseg weights``: list, add, verify, locate and fetch model weights.
 
 A thin click layer over :mod:`autoprompt_seg.weights`; library errors are turned into
-one-line messages and exit codes by ``cli.handle_errors`` (imported when a command runs,
-so that ``cli.py`` may import this module without a cycle).
+one-line messages and exit codes by ``common.handle_errors``.
 """
 
 from __future__ import annotations
@@ -12,10 +11,8 @@ from pathlib import Path
 
 import click
 
-from .cli_common import EXIT_HELP, F, handled
-from .errors import ConfigError, UnavailableError
-
-_handled = handled
+from ..errors import ConfigError, UnavailableError
+from .common import EXIT_HELP, F, handle_errors
 
 
 def _weights_dir_option(f: F) -> F:
@@ -27,7 +24,7 @@ def _weights_dir_option(f: F) -> F:
 
 
 def _wdir(weights_dir: str | None) -> Path:
-    from .config import default_weights_dir
+    from ..config import default_weights_dir
 
     return Path(weights_dir) if weights_dir else default_weights_dir()
 
@@ -57,7 +54,7 @@ def weights() -> None:
 @weights.command("list", epilog=EXIT_HELP)
 @_weights_dir_option
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
-@_handled
+@handle_errors
 def list_cmd(weights_dir: str | None, as_json: bool) -> None:
     """List the known weights and whether each is installed.
 
@@ -65,7 +62,7 @@ def list_cmd(weights_dir: str | None, as_json: bool) -> None:
     Example:
       autoseg weights list --json
     """
-    from .weights import list_weights
+    from ..weights import list_weights
 
     rows = list_weights(_wdir(weights_dir))
     if as_json:
@@ -92,7 +89,7 @@ def list_cmd(weights_dir: str | None, as_json: bool) -> None:
                    "user\" instead of an untrained test checkpoint (only for a file you know "
                    "to be the genuine release; the manifest's own pins always win).")
 @_weights_dir_option
-@_handled
+@handle_errors
 def add_cmd(file: str, name: str | None, trust: bool, weights_dir: str | None) -> None:
     """Check FILE (strict load, sha256) and copy it into the weights folder.
 
@@ -101,7 +98,7 @@ def add_cmd(file: str, name: str | None, trust: bool, weights_dir: str | None) -
       autoseg weights add ~/Downloads/MedSAM2_CTLesion.pt
       autoseg weights add ~/Downloads/MedSAM2_latest.pt --name MedSAM2_latest --trust
     """
-    from .weights import add_weights
+    from ..weights import add_weights
 
     rec = add_weights(file, name, _wdir(weights_dir), trust=trust)
     click.echo(f"{rec.name}: installed {_wdir(weights_dir) / rec.file}")
@@ -116,7 +113,7 @@ def add_cmd(file: str, name: str | None, trust: bool, weights_dir: str | None) -
 @_weights_dir_option
 @click.option("--quick", is_flag=True, help="Only hashes; skip the strict load.")
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
-@_handled
+@handle_errors
 def verify_cmd(weights_dir: str | None, quick: bool, as_json: bool) -> None:
     """Recheck every installed file (sha256 and strict load). Exits 69 or 78 on a problem.
 
@@ -124,7 +121,7 @@ def verify_cmd(weights_dir: str | None, quick: bool, as_json: bool) -> None:
     Example:
       autoseg weights verify
     """
-    from .weights import verify
+    from ..weights import verify
 
     res = verify(_wdir(weights_dir), deep=not quick)
     if as_json:
@@ -146,7 +143,7 @@ def verify_cmd(weights_dir: str | None, quick: bool, as_json: bool) -> None:
 @weights.command("path", epilog=EXIT_HELP)
 @click.argument("name", required=False)
 @_weights_dir_option
-@_handled
+@handle_errors
 def path_cmd(name: str | None, weights_dir: str | None) -> None:
     """Print the weights folder, or the path of the installed NAME.
 
@@ -155,7 +152,7 @@ def path_cmd(name: str | None, weights_dir: str | None) -> None:
       autoseg weights path
       autoseg weights path MedSAM2_latest
     """
-    from .weights import installed_path, load_manifest
+    from ..weights import installed_path, load_manifest
 
     wdir = _wdir(weights_dir)
     if name is None:
@@ -179,7 +176,7 @@ def path_cmd(name: str | None, weights_dir: str | None) -> None:
               help="Resume an interrupted or stalled transfer this many times.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_weights_dir_option
-@_handled
+@handle_errors
 def fetch_cmd(name: str, timeout: float, retries: int, quiet: bool,
               weights_dir: str | None) -> None:
     """Download NAME from the manifest's URL, check it and install it.
@@ -195,7 +192,7 @@ def fetch_cmd(name: str, timeout: float, retries: int, quiet: bool,
       autoseg weights fetch MedSAM2_latest
       HTTPS_PROXY=http://proxy:3128 autoseg weights fetch sam2.1_hiera_tiny
     """
-    from .weights import fetch
+    from ..weights import fetch
 
     wdir = _wdir(weights_dir)
     if quiet:
@@ -249,7 +246,7 @@ def fetch_cmd(name: str, timeout: float, retries: int, quiet: bool,
               help="Pin the installed folder's sha256 locally (\"pinned by the user\"), for a "
                    "copy you know to be genuine.")
 @_weights_dir_option
-@_handled
+@handle_errors
 def add_nnunet_cmd(source: str, name: str, configuration: str | None, folds: tuple[str, ...],
                    checkpoint_name: str, tumour_labels: str | None, trainer_base: str | None,
                    trust: bool, weights_dir: str | None) -> None:
@@ -277,7 +274,7 @@ def add_nnunet_cmd(source: str, name: str, configuration: str | None, folds: tup
       autoseg weights add-nnunet ~/nnUNet_results/Dataset501_X/nnUNetTrainer__nnUNetPlans__3d_fullres \\
           --name my_model --checkpoint-name checkpoint_best.pth
     """
-    from .models.nnunet.install import InstallChoices, add_nnunet, parse_folds
+    from ..models.nnunet.install import InstallChoices, add_nnunet, parse_folds
 
     labels: tuple[int, ...] | None = None
     if tumour_labels:
@@ -291,7 +288,7 @@ def add_nnunet_cmd(source: str, name: str, configuration: str | None, folds: tup
                              trainer_base=trainer_base)
     wdir = _wdir(weights_dir)
     rec = add_nnunet(source, name, wdir, choices, trust=trust)
-    from .models.nnunet.install import read_installed
+    from ..models.nnunet.install import read_installed
 
     m = read_installed(wdir / rec.file)
     click.echo(f"{rec.name}: installed {wdir / rec.file}")

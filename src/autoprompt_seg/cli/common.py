@@ -1,0 +1,127 @@
+"""Pieces shared by the ``autoseg`` command modules: the context object, logging, the one
+error wrapper (library errors -> one-line message and documented exit code), the shared
+option decorators and small helpers. Imports no command module."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import EXIT_CODES, AutosegError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The exit-code table shown at the end of every command's --help.
+EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {k:>3}  {v}" for k, v in EXIT_CODES.items())
+
+
+class Ctx:
+    def __init__(self, debug: bool = False, quiet: bool = False) -> None:
+        self.debug = debug
+        self.quiet = quiet
+
+
+def setup_logging(debug: bool, quiet: bool) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING)
+    handler = RichHandler(console=stderr_console(), show_path=debug, show_time=debug,
+                          rich_tracebacks=debug)
+    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    logging.getLogger("autoprompt_seg").setLevel(level if not debug else logging.DEBUG)
+
+
+@functools.lru_cache(maxsize=1)
+def stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _fail(ctx: Ctx, code: int, message: str) -> None:
+    if ctx.debug:
+        import traceback
+
+        traceback.print_exc()
+    click.echo(f"autoseg: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(f: F) -> F:
+    """Turn library errors into one-line messages and documented exit codes.
+
+    The single error mapping of the CLI: every command callback is wrapped in it.
+    ``AutosegError`` -> its ``exit_code``; Ctrl-C -> 130; any other exception -> 70.
+    """
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        cctx = click.get_current_context(silent=True)
+        ctx = (cctx.find_object(Ctx) if cctx is not None else None) or Ctx()
+        try:
+            return f(*args, **kwargs)
+        except AutosegError as e:
+            _fail(ctx, e.exit_code, str(e))
+        except KeyboardInterrupt:
+            _fail(ctx, 130, "interrupted")
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - last resort: unexpected bug
+            _fail(ctx, 70, f"unexpected failure: {type(e).__name__}: {e}"
+                  + ("" if ctx.debug else " (run with --debug for the traceback)"))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def make_settings(device: str, threads: int, weights_dir: str | Path | None,
+             options: dict[str, Any] | None = None) -> Any:
+    """The library ``Settings`` from the shared options."""
+    from ..config import Settings, default_weights_dir
+
+    return Settings(device=device, threads=threads,
+                    weights_dir=Path(weights_dir) if weights_dir else default_weights_dir(),
+                    options=options or {})
+
+
+@contextmanager
+def stage_bars(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int, int], None] | None]]:
+    """Yield a ``stage_progress(stage, total)`` factory backed by a rich progress bar."""
+    if not enabled:
+        yield lambda stage, total: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description:<10}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=stderr_console(),
+                  transient=False) as prog:
+        tasks: dict[str, Any] = {}
+
+        def factory(stage: str, total: int) -> Callable[[int, int], None]:
+            tid = prog.add_task(stage, total=total or None)
+            tasks[stage] = tid
+
+            def update(done: int, tot: int) -> None:
+                prog.update(tid, completed=done, total=tot or None)
+
+            return update
+
+        try:
+            yield factory
+        finally:
+            for tid in tasks.values():
+                t = prog.tasks[tid]
+                prog.update(tid, completed=t.total or 1, total=t.total or 1)
