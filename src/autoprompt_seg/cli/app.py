@@ -21,11 +21,15 @@ from .bench import bench as bench_group
 from .common import (
     EXIT_HELP,
     Ctx,
+    device_option,
     handle_errors,
+    json_option,
     make_settings,
     setup_logging,
     stage_bars,
     stderr_console,
+    threads_option,
+    weights_dir_option,
 )
 from .detector import detector as detector_group
 from .listen import register as register_listen
@@ -66,10 +70,8 @@ def backend_options(f: F) -> F:
         click.option("--segmenter", type=click.Choice(registry.names("segmenter")),
                      default=registry.DEFAULT_SEGMENTER, show_default=True,
                      help="Box-prompted segmenter."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                     show_default=True, help="Where neural backends run."),
-        click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="CPU threads for neural backends (0 = library default)."),
+        device_option(),
+        threads_option(),
         click.option("--prompts", type=click.Path(dir_okay=False), default=None,
                      help="Manual prompts: a boxes JSON file (see docs/prompts.md)."),
         click.option("--prompts-from", type=click.Path(), default=None,
@@ -95,9 +97,7 @@ def backend_options(f: F) -> F:
                           "sam2.1_hiera_tiny, medsam default "
                           "medsam_vit_b; unet/deeplabv3: a file from `autoseg train`; "
                           "nnunet: a model folder)."),
-        click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
-                     envvar="AUTOSEG_WEIGHTS_DIR",
-                     help="Folder of installed weights [env AUTOSEG_WEIGHTS_DIR]."),
+        weights_dir_option(),
         click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=DEFAULT_MIN_SCORE,
                      show_default=True,
                      help="Operating point: segment only automatic boxes whose calibrated "
@@ -108,8 +108,7 @@ def backend_options(f: F) -> F:
                      help="Segment at most this many automatic boxes (best first)."),
         click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
                      default="autoseg-output", show_default=True, help="Output folder."),
-        click.option("--json", "as_json", is_flag=True,
-                     help="Print a machine-readable JSON summary on stdout."),
+        json_option("Print a machine-readable JSON summary on stdout."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -224,7 +223,7 @@ def predict(ctx: Ctx, study: str, series: str | None, **kw: Any) -> None:
 
 @main.command(epilog=EXIT_HELP)
 @click.argument("study", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+@json_option()
 @click.pass_obj
 @handle_errors
 def inspect(ctx: Ctx, study: str, as_json: bool) -> None:
@@ -265,9 +264,8 @@ def inspect(ctx: Ctx, study: str, as_json: bool) -> None:
 
 
 @main.command(epilog=EXIT_HELP)
-@click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
-              envvar="AUTOSEG_WEIGHTS_DIR", help="Folder of installed weights.")
-@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+@weights_dir_option()
+@json_option()
 @handle_errors
 def backends(weights_dir: str | None, as_json: bool) -> None:
     """List the detectors and segmenters and whether each is ready (imports no torch).

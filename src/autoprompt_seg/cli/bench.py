@@ -15,7 +15,15 @@ from typing import Any
 import click
 
 from ..types import DEFAULT_MAX_LESIONS, DEFAULT_MIN_SCORE
-from .common import EXIT_HELP, handle_errors
+from .common import (
+    EXIT_HELP,
+    dataset_options,
+    device_option,
+    handle_errors,
+    json_option,
+    threads_option,
+    weights_dir_option,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_HELP)
@@ -42,11 +50,7 @@ _METHOD_OPTIONS = ("dataset", "dataset_path", "roi", "detector", "segmenter",
 
 @bench.command("run", epilog=EXIT_HELP)
 @click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.option("--dataset", default="pycerr", show_default=True,
-              type=click.Choice(["pycerr", "nsclc", "msd", "pairs"]),
-              help="Dataset layout (see docs/bench.md).")
-@click.option("--dataset-path", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Dataset root folder (not needed for pycerr).")
+@dataset_options
 @click.option("--roi", default="GTV-1", show_default=True,
               help="RTSTRUCT ROI holding the tumour (pycerr, nsclc).")
 @click.option("--detector", default="candidates", show_default=True,
@@ -91,13 +95,9 @@ _METHOD_OPTIONS = ("dataset", "dataset_path", "roi", "detector", "segmenter",
               help="Dask scheduler address (default: a LocalCluster of --workers workers).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="LocalCluster worker processes for --executor dask (default 2).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-              help="Where neural backends run (default auto, or the CONFIG's device).")
-@click.option("--threads", type=click.IntRange(min=0), default=None,
-              help="CPU threads for neural backends (0 = library default).")
-@click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
-              envvar="AUTOSEG_WEIGHTS_DIR",
-              help="Folder of installed weights [env AUTOSEG_WEIGHTS_DIR].")
+@device_option(None, "Where neural backends run (default auto, or the CONFIG's device).")
+@threads_option(None)
+@weights_dir_option()
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Results folder (required without CONFIG); rerunning continues where a "
                    "run stopped.")
@@ -257,10 +257,7 @@ def _bench_progress(enabled: bool) -> Iterator[tuple[Any, Any, Any]]:
 
 
 @bench.command("splits", epilog=EXIT_HELP)
-@click.option("--dataset", default="pycerr", show_default=True,
-              type=click.Choice(["pycerr", "nsclc", "msd", "pairs"]), help="Dataset layout.")
-@click.option("--dataset-path", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Dataset root folder (not needed for pycerr).")
+@dataset_options
 @click.option("--seed", default=0, show_default=True, type=int, help="Shuffle seed.")
 @click.option("--fractions", default="0.7,0.1,0.2", show_default=True,
               help="train,val,test fractions of the patients.")
@@ -293,7 +290,7 @@ def splits_cmd(dataset: str, dataset_path: str | None, seed: int, fractions: str
 
 @bench.command("report", epilog=EXIT_HELP)
 @click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout.")
+@json_option("Print summary.json to stdout.")
 @handle_errors
 def report_cmd(results_dir: str, as_json: bool) -> None:
     """Rewrite the CSVs, summary.json, summary.md and report.html of RESULTS_DIR.

@@ -125,3 +125,45 @@ def stage_bars(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int, in
             for tid in tasks.values():
                 t = prog.tasks[tid]
                 prog.update(tid, completed=t.total or 1, total=t.total or 1)
+
+
+# --------------------------------------------------------------------------- shared options
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def device_option(default: str | None = "auto",
+                  help: str = "Where neural backends run.") -> Callable[[F], F]:
+    """``--device auto|cpu|cuda``; with ``default=None`` the caller picks (e.g. a config
+    file's value) and the help names the default."""
+    return click.option("--device", type=click.Choice(DEVICES), default=default,
+                        show_default=default is not None, help=help)
+
+
+def threads_option(default: int | None = 0,
+                   help: str = "CPU threads for neural backends (0 = library default)."
+                   ) -> Callable[[F], F]:
+    """``--threads N`` (0 = the library's default)."""
+    return click.option("--threads", type=click.IntRange(min=0), default=default,
+                        show_default=default is not None, help=help)
+
+
+def weights_dir_option(help: str = "Folder of installed weights [env AUTOSEG_WEIGHTS_DIR]."
+                       ) -> Callable[[F], F]:
+    """``--weights-dir DIR`` (env ``AUTOSEG_WEIGHTS_DIR``); the value is a string or None."""
+    return click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
+                        envvar="AUTOSEG_WEIGHTS_DIR", help=help)
+
+
+def json_option(help: str = "JSON on stdout.") -> Callable[[F], F]:
+    """``--json`` flag, passed as ``as_json``."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def dataset_options(f: F) -> F:
+    """``--dataset`` and ``--dataset-path`` (bench run, bench splits, train)."""
+    f = click.option("--dataset-path", type=click.Path(exists=True, file_okay=False),
+                     default=None, help="Dataset root folder (not needed for pycerr).")(f)
+    return click.option("--dataset", default="pycerr", show_default=True,
+                        type=click.Choice(["pycerr", "nsclc", "msd", "pairs"]),
+                        help="Dataset layout (see docs/bench.md).")(f)

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import click
 
-from .common import EXIT_HELP, handle_errors
+from .common import (
+    EXIT_HELP,
+    device_option,
+    handle_errors,
+    threads_option,
+    weights_dir_option,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +44,20 @@ def detector() -> None:
               type=click.FloatRange(0.3, 10.0), help="Isotropic working spacing in mm.")
 @click.option("--roi-name", default="GTV-1", show_default=True,
               help="RTSTRUCT ROI holding the tumour (DICOM datasets).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)
-@click.option("--threads", default=0, type=click.IntRange(min=0),
-              help="CPU threads for torch (0 = default).")
+@device_option(help="Where training runs.")
+@threads_option(help="CPU threads for torch (0 = default).")
 @click.option("--base-features", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-stages", default=5, show_default=True, type=click.IntRange(min=2))
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="nnU-Net raw/preprocessed/results folders (default OUT.work).")
 @click.option("--register", is_flag=True,
               help="Install the model into the weights folder as nnunet_lung_detector.")
-@click.option("--weights-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Weights folder for --register (default: AUTOSEG_WEIGHTS_DIR or the user "
-                   "data folder).")
+@weights_dir_option("Weights folder for --register (default: AUTOSEG_WEIGHTS_DIR or the user "
+                    "data folder).")
 @handle_errors
 def train(data: Path, out: Path, epochs: int, iterations: int, target_spacing: float,
           roi_name: str, device: str, threads: int, base_features: int, max_stages: int,
-          work_dir: Path | None, register: bool, weights_dir: Path | None) -> None:
+          work_dir: Path | None, register: bool, weights_dir: str | None) -> None:
     """Train a lightweight nnU-Net v2 detector on DATA.
 
     DATA is the MSD Task06 Lung layout (imagesTr/, labelsTr/, dataset.json) or a folder of
@@ -71,7 +74,7 @@ def train(data: Path, out: Path, epochs: int, iterations: int, target_spacing: f
                       threads=threads, base_features=base_features,
                       max_features=max(base_features, 8 * base_features),
                       max_stages=max_stages, work_dir=work_dir, register=register,
-                      weights_dir=weights_dir)
+                      weights_dir=Path(weights_dir) if weights_dir else None)
     res = train_detector(cfg)
     click.echo(f"model folder: {res.model_dir}")
     click.echo(f"checkpoint:   {res.checkpoint} (sha256 {res.checkpoint_sha256})")

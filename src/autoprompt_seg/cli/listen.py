@@ -22,7 +22,7 @@ import click
 
 from ..errors import ConfigError
 from ..types import DEFAULT_MAX_LESIONS, DEFAULT_MIN_SCORE
-from .common import handle_errors
+from .common import device_option, handle_errors, json_option, weights_dir_option
 
 NODE_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -76,10 +76,8 @@ def _load_config(config_file: str | None, **flags: Any) -> Any:
 @click.option("--max-lesions", type=click.IntRange(min=1), default=None,
               help=f"At most this many automatic lesions per study.  "
                    f"[default: {DEFAULT_MAX_LESIONS}]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-              help="Where neural backends run.  [default: auto]")
-@click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
-              envvar="AUTOSEG_WEIGHTS_DIR", help="Folder of installed weights.")
+@device_option(None, "Where neural backends run.  [default: auto]")
+@weights_dir_option()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="TOML file with a [listen] table (flags override it; see docs/deploy.md).")
 @click.option("--quiet-log", is_flag=True, help="Only warnings and errors in the log.")
@@ -182,7 +180,7 @@ def queue() -> None:
 @queue.command("list")
 @_spool_option
 @click.option("--state", default=None, help="Only jobs in this state.")
-@click.option("--json", "as_json", is_flag=True, help="JSON on stdout (with deliveries).")
+@json_option("JSON on stdout (with deliveries).")
 @handle_errors
 def queue_list(spool: str | None, config_file: str | None, state: str | None,
                as_json: bool) -> None:

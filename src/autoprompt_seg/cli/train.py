@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from .common import EXIT_HELP, handle_errors
+from .common import (
+    EXIT_HELP,
+    dataset_options,
+    device_option,
+    handle_errors,
+    make_settings,
+    threads_option,
+    weights_dir_option,
+)
 
 MODELS = ("unet", "deeplabv3", "medsam", "medsam2", "nnunet")
 
@@ -32,10 +40,7 @@ def _parse_option(values: tuple[str, ...]) -> dict[str, Any]:
 
 @click.command("train", epilog=EXIT_HELP)
 @click.argument("model", type=click.Choice(MODELS))
-@click.option("--dataset", default="pycerr", show_default=True,
-              type=click.Choice(["pycerr", "nsclc", "msd", "pairs"]), help="Dataset layout.")
-@click.option("--dataset-path", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Dataset root folder (not needed for pycerr).")
+@dataset_options
 @click.option("--roi", default="GTV-1", show_default=True, help="RTSTRUCT ROI (pycerr, nsclc).")
 @click.option("--splits", "splits_file", type=click.Path(exists=True, dir_okay=False),
               default=None, help="Splits file (autoseg bench splits); trains on --split.")
@@ -56,8 +61,10 @@ def _parse_option(values: tuple[str, ...]) -> dict[str, Any]:
               help="Start weights (required for medsam/medsam2: the zero-shot checkpoint).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Trainer option (repeatable), e.g. arch=resnet101 pos_fraction=0.5.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)
+@device_option(help="Where training runs.")
+@threads_option(help="CPU threads for torch (0 = library default).")
+@weights_dir_option("Folder of installed weights, where --init NAME is looked up "
+                    "[env AUTOSEG_WEIGHTS_DIR].")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoint, training record, loss.jsonl; rerun to resume.")
 @handle_errors
@@ -65,7 +72,7 @@ def train(model: str, dataset: str, dataset_path: str | None, roi: str,
           splits_file: str | None, split_name: str, cases: tuple[str, ...],
           shots: int | None, epochs: int, batch_size: int, lr: float, steps_per_epoch: int,
           image_size: int, seed: int, init_checkpoint: str | None, options: tuple[str, ...],
-          device: str, out_dir: str) -> None:
+          device: str, threads: int, weights_dir: str | None, out_dir: str) -> None:
     """Train MODEL on a dataset; an interrupted run resumes when rerun with the same
     arguments, and a finished one is returned at once.
 
@@ -80,12 +87,11 @@ def train(model: str, dataset: str, dataset_path: str | None, roi: str,
           --init MedSAM2_latest.pt --shots 5 --device cuda --out runs/medsam2-k5
     """
     from ..bench.datasets import get_cases, load_splits
-    from ..config import Settings
     from ..errors import ConfigError
     from ..train.core import TrainConfig, train_model
     from ..train.data import kshot_subsets
 
-    settings = Settings(device=device)
+    settings = make_settings(device, threads, weights_dir)
     pool = get_cases(dataset, dataset_path, roi=roi, cache_dir=settings.cache_dir)
     if splits_file:
         sp = load_splits(splits_file)

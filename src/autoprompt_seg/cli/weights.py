@@ -12,15 +12,11 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError, UnavailableError
-from .common import EXIT_HELP, F, handle_errors
+from .common import EXIT_HELP, handle_errors, json_option, weights_dir_option
 
-
-def _weights_dir_option(f: F) -> F:
-    return click.option(
-        "--weights-dir", type=click.Path(file_okay=False), default=None,
-        envvar="AUTOSEG_WEIGHTS_DIR",
-        help="Folder of installed weights [env AUTOSEG_WEIGHTS_DIR; default: the user data "
-             "folder, see `autoseg weights path`].")(f)
+_weights_dir_option = weights_dir_option(
+    "Folder of installed weights [env AUTOSEG_WEIGHTS_DIR; default: the user data folder, "
+    "see `autoseg weights path`].")
 
 
 def _wdir(weights_dir: str | None) -> Path:
@@ -53,7 +49,7 @@ def weights() -> None:
 
 @weights.command("list", epilog=EXIT_HELP)
 @_weights_dir_option
-@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+@json_option()
 @handle_errors
 def list_cmd(weights_dir: str | None, as_json: bool) -> None:
     """List the known weights and whether each is installed.
@@ -112,7 +108,7 @@ def add_cmd(file: str, name: str | None, trust: bool, weights_dir: str | None) -
 @weights.command("verify", epilog=EXIT_HELP)
 @_weights_dir_option
 @click.option("--quick", is_flag=True, help="Only hashes; skip the strict load.")
-@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+@json_option()
 @handle_errors
 def verify_cmd(weights_dir: str | None, quick: bool, as_json: bool) -> None:
     """Recheck every installed file (sha256 and strict load). Exits 69 or 78 on a problem.
