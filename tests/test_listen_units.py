@@ -191,3 +191,45 @@ def test_queue_claim_is_exclusive_across_connections(tmp_path: Path) -> None:
     for t in ts:
         t.join()
     assert sorted(claimed) == sorted(j.id for j in q.jobs())
+
+
+def test_forget_job_removes_files_of_every_revision(tmp_path: Path) -> None:
+    from autoprompt_seg.listen.queue import forget_job
+
+    sp = Spool(tmp_path / "spool")
+    q = JobQueue(sp.db_path)
+    sp.store(STUDY, "1.1", b"x")
+    _add(q, "1.1")
+    q.queue_complete(0, set(), now=200)
+    job = q.claim("w", now=200)
+    assert job is not None
+    q.fail(job, "bad data", retry_in=None, now=201)
+    job = q.retry(job.id, now=202)  # revision 2
+    for r in (1, 2):
+        sp.result_dir(job.id, r).mkdir(parents=True)
+        (sp.result_dir(job.id, r) / "report.json").write_text("{}")
+        sp.outbox_path(job.id, r).parent.mkdir(parents=True, exist_ok=True)
+        sp.outbox_path(job.id, r).write_bytes(b"seg")
+    claimed = q.claim("w", now=203)
+    assert claimed is not None
+    with pytest.raises(ConfigError, match="running"):
+        forget_job(q, sp, job.id)  # running: refused without force, nothing removed
+    assert sp.study_dir(STUDY).exists() and sp.outbox_path(job.id, 2).exists()
+    gone = forget_job(q, sp, job.id, force=True)
+    assert gone.study_uid == STUDY and q.jobs() == []
+    assert not sp.study_dir(STUDY).exists()
+    for r in (1, 2):
+        assert not sp.result_dir(job.id, r).exists() and not sp.outbox_path(job.id, r).exists()
+
+
+def test_forget_job_keep_files(tmp_path: Path) -> None:
+    from autoprompt_seg.listen.queue import forget_job
+
+    sp = Spool(tmp_path / "spool")
+    q = JobQueue(sp.db_path)
+    sp.store(STUDY, "1.1", b"x")
+    _add(q, "1.1")
+    q.queue_complete(0, set(), now=200)
+    jobs = q.jobs()
+    forget_job(q, sp, jobs[0].id, keep_files=True)
+    assert q.jobs() == [] and sp.study_dir(STUDY).exists()

@@ -67,3 +67,25 @@ def pycerr_study(patient: str, cache_dir: Path) -> Path:
     if patient not in PYCERR_PATIENTS:
         raise ValueError(f"Argument 'patient' must be one of {PYCERR_PATIENTS}; got {patient!r}")
     return fetch_pycerr(cache_dir) / patient
+
+
+def synthetic_demo_study(cache_dir: Path, seed: int = 0) -> Path:
+    """The seeded synthetic demo study (a DICOM folder), written once into
+    ``cache_dir/synthetic-seed{seed}`` and reused after that.
+
+    It is written into a temporary folder beside the target and renamed into place, so an
+    interrupted run leaves no half-written study."""
+    from .synthetic import synthetic_study
+
+    cache = Path(cache_dir)
+    study_dir = cache / f"synthetic-seed{seed}"
+    if any(study_dir.glob("*.dcm")):
+        return study_dir
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        synthetic_study(Path(tmp) / "s", shape=(64, 256, 256), spacing=(2.5, 1.2, 1.2),
+                        n_tumours=2, seed=seed)
+        if study_dir.exists():
+            shutil.rmtree(study_dir)
+        (Path(tmp) / "s").rename(study_dir)
+    return study_dir

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -322,21 +321,9 @@ def demo(ctx: Ctx, synthetic: bool, patient: str, seed: int, **kw: Any) -> None:
 
     cache = default_cache_dir()
     if synthetic:
-        from ..synthetic import synthetic_study
+        from ..data import synthetic_demo_study
 
-        study_dir = cache / f"synthetic-seed{seed}"
-        if not any(study_dir.glob("*.dcm")):
-            import shutil
-            import tempfile
-
-            cache.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                synthetic_study(Path(tmp) / "s", shape=(64, 256, 256), spacing=(2.5, 1.2, 1.2),
-                                n_tumours=2, seed=seed)
-                if study_dir.exists():
-                    shutil.rmtree(study_dir)
-                (Path(tmp) / "s").rename(study_dir)
-        study = str(study_dir)
+        study = str(synthetic_demo_study(cache, seed))
     else:
         from ..data import pycerr_study
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -252,16 +251,13 @@ def queue_forget(job_id: int, spool: str | None, config_file: str | None, keep_f
     Example:
       autoseg queue forget 12 --spool /var/spool/autoseg
     """
+    from ..listen.queue import forget_job
+
     sp, q = _open_queue(spool, config_file)
     try:
-        j = q.forget(job_id, force=force)
+        j = forget_job(q, sp, job_id, force=force, keep_files=keep_files)
     finally:
         q.close()
-    if not keep_files:
-        sp.remove_study(j.study_uid)
-        for r in range(1, j.revision + 1):
-            shutil.rmtree(sp.result_dir(j.id, r), ignore_errors=True)
-            sp.outbox_path(j.id, r).unlink(missing_ok=True)
     click.echo(f"job {j.id} (study {j.study_uid}) forgotten"
                + ("" if keep_files else "; its files were removed"))
 

@@ -35,9 +35,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, OutputError
+
+if TYPE_CHECKING:
+    from .spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -538,3 +541,20 @@ class JobQueue:
         for r in self._rows("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
             out[r["state"]] = r["n"]
         return out
+
+
+def forget_job(queue: JobQueue, spool: Spool, job_id: int, *, force: bool = False,
+               keep_files: bool = False) -> Job:
+    """Remove job ``job_id`` from ``queue`` and, unless ``keep_files``, its received
+    instances, its result folders and its outbox SEGs (every revision) from ``spool``.
+
+    Refuses a running or sending job without ``force`` (``ConfigError``)."""
+    import shutil
+
+    j = queue.forget(job_id, force=force)
+    if not keep_files:
+        spool.remove_study(j.study_uid)
+        for r in range(1, j.revision + 1):
+            shutil.rmtree(spool.result_dir(j.id, r), ignore_errors=True)
+            spool.outbox_path(j.id, r).unlink(missing_ok=True)
+    return j
