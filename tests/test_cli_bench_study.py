@@ -73,3 +73,26 @@ def test_bad_config_exits_78_naming_the_key(tmp_path: Path):
 def test_out_is_required_without_config(tmp_path: Path):
     r = CliRunner().invoke(main, ["bench", "run", "--dataset", "pycerr"])
     assert r.exit_code == 78 and "--out" in r.output
+
+
+#: every flag of ``bench run`` before its options were grouped (method / run options)
+RUN_FLAGS = ("--dataset", "--dataset-path", "--roi", "--detector", "--segmenter",
+             "--checkpoint", "--prompt-protocol", "--every-k", "--jitter-shift",
+             "--jitter-scale", "--seed", "--match-dice", "--min-score", "--max-lesions",
+             "--case", "--splits", "--split", "--no-masks", "--no-cost", "--cost-repeats",
+             "--no-overlays", "--executor", "--scheduler", "--workers", "--device", "--threads",
+             "--weights-dir", "--out")
+
+
+def test_bench_run_keeps_every_flag_and_refuses_method_flags_with_a_config(tmp_path: Path):
+    from autoprompt_seg.cli.bench import _METHOD_OPTIONS, _RUN_OPTIONS, run_cmd
+
+    flags = {o for p in run_cmd.params for o in p.opts}
+    assert set(RUN_FLAGS) <= flags
+    assert len(_METHOD_OPTIONS) == 20 and len(_RUN_OPTIONS) == 7
+    cfg = _write(tmp_path, '[dataset]\nname = "pycerr"\n[[method]]\nsegmenter = "classical"\n')
+    r = CliRunner().invoke(main, ["bench", "run", str(cfg), "--detector", "oracle",
+                                  "--every-k", "3", "--case", "x", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 78
+    assert "methods and dataset come from the file; remove --detector, --every-k, --case" \
+        in r.stderr
