@@ -541,7 +541,7 @@ def load_model(settings: Settings, opts: NnunetOptions | None = None) -> NnunetM
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from .weights import load_manifest, sha256_file, sha256_path
+    from .weights import load_manifest, resolve, sha256_file
 
     dev = torch.device(device)
     with torch_threads(settings.threads), quiet_stdout():
@@ -557,13 +557,13 @@ def load_model(settings: Settings, opts: NnunetOptions | None = None) -> NnunetM
             raise UnavailableError(f"nnU-Net model folder {str(folder.path)!r} cannot be "
                                    f"loaded ({type(e).__name__}: {str(e)[:300]})") from e
     ck_sha = sha256_file(folder.checkpoints[0])
-    folder_sha = sha256_path(folder.path)
+    choice = resolve("nnunetv2_model_folder", folder.path, settings.weights_dir,
+                     model="nnunet", option="nnunet.model_dir")
+    folder_sha = choice.sha256
     entry = load_manifest().get(WEIGHTS_NAME)
     known = {entry.sha256.lower()} - {""} if entry is not None else set()
-    from .weights import training_record
-
-    record = training_record(folder.path)
-    trained = bool(known & {ck_sha, folder_sha}) or record is not None
+    record = choice.record
+    trained = choice.trained or ck_sha in known
     if record is not None:
         log.info("nnU-Net model %s was trained here (%s case(s), %s epoch(s))", folder.path,
                  record.get("n_cases"), record.get("epochs"))

@@ -273,6 +273,90 @@ def checkpoint_provenance(sha256: str, architecture: str, weights_dir: Path | No
     return Provenance(UNKNOWN, "", UNKNOWN)
 
 
+# --------------------------------------------------------------------------- resolver
+
+#: The provenance state of a checkpoint with a valid training record beside it.
+TRAINED_HERE = "trained here"
+
+
+@dataclass(frozen=True)
+class CheckpointChoice:
+    """The checkpoint a backend loads, and what is known about it (:func:`resolve`)."""
+
+    path: Path
+    name: str  # the manifest (or installed) name when known, else the file name
+    sha256: str
+    trained: bool  # not an unknown file: a pinned release, an official download, a user
+    #              # pin (checkpoint_provenance) or trained here (training record)
+    provenance: str = UNKNOWN  # one line for report.json and the SEG
+    state: str = UNKNOWN  # PINNED | OFFICIAL | USER_PIN | TRAINED_HERE | UNKNOWN
+    record: Mapping[str, Any] | None = None  # the training record, when trained here
+
+    @property
+    def training(self) -> Mapping[str, Any] | None:
+        """The training record (another name for :attr:`record`)."""
+        return self.record
+
+
+def training_provenance(record: Mapping[str, Any], model: str) -> str:
+    """``"trained here: MODEL, N case(s), E epoch(s), data <hash>"`` for a training record
+    written by :mod:`autoprompt_seg.train`."""
+    n = record.get("n_cases", len(record.get("cases", []) or []))
+    return (f"trained here: {record.get('model', model)}, {n} case(s), "
+            f"{record.get('epochs', '?')} epoch(s), data {record.get('data_hash', '?')}")
+
+
+def resolve(architecture: str, ref: str | os.PathLike[str], weights_dir: Path | None, *,
+            model: str, option: str, label: str = "", add_file: str | None = None,
+            add_hint: str = "", training_records: bool = True, record_model: str | None = None
+            ) -> CheckpointChoice:
+    """The one checkpoint resolver of the backends: find ``ref`` (a file or folder path, or
+    a manifest name installed in ``weights_dir``) and decide its provenance.
+
+    Its sha256 decides first (:func:`checkpoint_provenance`): a pinned release, an official
+    download (hash not pinned) or a user pin count as trained; else (``training_records``)
+    a valid training record beside it (:func:`training_record`; of ``record_model`` when
+    given) makes it *trained here*, never a release; else it is an untrained test
+    checkpoint. ``model`` names the backend in the texts, ``option`` the option that gave
+    ``ref``, ``label`` the weights in the not-installed error (default ``model``) and
+    ``add_file`` the file that error tells to ``weights add`` (default the manifest's) and
+    ``add_hint`` what it says after.
+    """
+    manifest = load_manifest()
+    ref = str(ref)
+    p = Path(ref).expanduser()
+    if ref in manifest and not p.exists():
+        entry = manifest[ref]
+        if entry.architecture != architecture:
+            raise ConfigError(f"Option '{option}' names {ref!r}, a {entry.architecture} "
+                              f"checkpoint; {model} needs {architecture}")
+        found = installed_path(ref, weights_dir) if weights_dir is not None else None
+        if found is None:
+            raise UnavailableError(
+                f"{label or model} weights {ref!r} ({entry.file}) are not installed in "
+                f"{weights_dir}: run `autoseg weights fetch {ref}` or "
+                f"`autoseg weights add {add_file or entry.file} --name {ref}`{add_hint}")
+        p = found
+    elif not p.exists():
+        names = ", ".join(k for k, e in manifest.items() if e.architecture == architecture)
+        raise UnavailableError(f"Option '{option}' must be a known weights name ({names}) or "
+                               f"an existing file; got {ref!r}")
+    sha = sha256_path(p)
+    prov = checkpoint_provenance(sha, architecture, weights_dir, manifest=manifest, path=p)
+    fallback = ref if ref in manifest else p.name
+    if prov.state != UNKNOWN:
+        return CheckpointChoice(p, prov.name or fallback, sha, True, prov.text, prov.state)
+    rec = training_record(p) if training_records else None
+    if rec is not None and record_model is not None and rec.get("model") != record_model:
+        log.warning("%s: its training record is of model %r, not %s; ignored", p,
+                    rec.get("model"), record_model)
+        rec = None
+    if rec is not None:
+        return CheckpointChoice(p, fallback, sha, True, training_provenance(rec, model),
+                                TRAINED_HERE, rec)
+    return CheckpointChoice(p, fallback, sha, False)
+
+
 def _with_installed_extras(manifest: Mapping[str, WeightsEntry],
                            records: Mapping[str, InstalledWeights]) -> dict[str, WeightsEntry]:
     """The manifest plus an entry for every installed name it does not list (models
@@ -298,6 +382,60 @@ def _write_installed(weights_dir: Path, records: Mapping[str, InstalledWeights])
 # --------------------------------------------------------------------------- checks
 
 
+#: Format checkers, ``architecture -> fn(path)``: registered by the model modules
+#: (:func:`register_checker`) when they are imported.
+_CHECKERS: dict[str, Callable[[Path], None]] = {}
+
+#: Where each architecture's checker lives, ``"module:function"``: imported on first use
+#: by :func:`check_fits`, so that ``weights add/verify`` can check a file without the
+#: caller importing the model first (like ``registry.py``'s factories; weights imports no
+#: model).
+CHECKER_MODULES: dict[str, str] = {
+    "sam2.1_hiera_tiny_512": "autoprompt_seg.segment.medsam2:check_medsam2_file",
+    "sam2.1_hiera_tiny": "autoprompt_seg.segment.medsam2:check_sam2_file",
+    "sam_vit_b": "autoprompt_seg.segment.medsam:check_checkpoint",
+    "nnunetv2_model_folder": "autoprompt_seg.models.nnunet.checkpoint:check_model_folder",
+    "monai_retinanet_resnet50_fpn_luna16":
+        "autoprompt_seg.models.monai_retinanet.checkpoint:check_checkpoint",
+}
+
+#: The nnU-Net zip installer that :func:`fetch` hands a downloaded zip to.
+NNUNET_ZIP_INSTALLER = "autoprompt_seg.models.nnunet.install:add_nnunet"
+
+#: What each architecture's checker needs installed (for the error when it is missing).
+_CHECKER_PACKAGES = {"sam2.1_hiera_tiny_512": "sam2", "sam2.1_hiera_tiny": "sam2",
+                     "monai_retinanet_resnet50_fpn_luna16": "monai"}
+
+
+def register_checker(architecture: str, fn: Callable[[Path], None]) -> None:
+    """Make ``fn(path)`` the format checker of ``architecture`` (:func:`check_fits`)."""
+    _CHECKERS[architecture] = fn
+
+
+def _import_string(target: str) -> Any:
+    import importlib
+
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _checker(architecture: str, path: Path) -> Callable[[Path], None]:
+    fn = _CHECKERS.get(architecture)
+    if fn is not None:
+        return fn
+    target = CHECKER_MODULES.get(architecture)
+    if target is None:
+        raise ConfigError(f"weights {str(path)!r}: no checker for architecture {architecture!r}")
+    try:
+        fn = _import_string(target)
+    except ImportError as e:  # pragma: no cover - the checkers' packages are dependencies
+        package = _CHECKER_PACKAGES.get(architecture, e.name or "a")
+        raise UnavailableError(f"cannot check {str(path)!r}: the {package} package is needed "
+                               f"({e})") from e
+    _CHECKERS.setdefault(architecture, fn)
+    return fn
+
+
 def check_fits(path: Path, architecture: str) -> None:
     """Prove that ``path`` fits ``architecture`` (a strict load where possible).
 
@@ -307,114 +445,7 @@ def check_fits(path: Path, architecture: str) -> None:
     path = Path(path)
     if not path.exists():
         raise UnavailableError(f"weights file {str(path)!r}: no such file or folder")
-    if architecture in ("sam2.1_hiera_tiny_512", "sam2.1_hiera_tiny"):
-        try:
-            from .segment.medsam2 import MEDSAM2, SAM2, check_checkpoint
-        except ImportError as e:  # pragma: no cover - sam2 is a dependency
-            raise UnavailableError(f"cannot check {str(path)!r}: the sam2 package is needed "
-                                   f"({e})") from e
-        if path.is_dir():
-            raise ConfigError(f"weights {str(path)!r} is a folder; a sam2 checkpoint is one "
-                              f".pt file")
-        check_checkpoint(path, MEDSAM2 if architecture == MEDSAM2.architecture else SAM2)
-    elif architecture == "sam_vit_b":
-        _check_sam_vit_b(path)
-    elif architecture == "nnunetv2_model_folder":
-        _check_nnunet_folder(path)
-    elif architecture == "monai_retinanet_resnet50_fpn_luna16":
-        _check_monai_retinanet(path)
-    else:
-        raise ConfigError(f"weights {str(path)!r}: no checker for architecture {architecture!r}")
-
-
-def _torch_load(path: Path) -> Any:
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - many failure types for damaged files
-        raise UnavailableError(f"weights file {str(path)!r} is truncated or corrupt and cannot be "
-                               f"read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-
-
-def _check_sam_vit_b(path: Path) -> None:
-    """MedSAM's ``medsam_vit_b.pth``: a plain SAM ViT-B state dict. Strict load when the
-    ``segment_anything`` package is installed, else a check of the ViT-B keys and shapes."""
-    sd = _torch_load(path)
-    if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
-        sd = sd["model"]
-    if not isinstance(sd, dict):
-        raise ConfigError(f"weights file {str(path)!r} is not a state dict; got "
-                          f"{type(sd).__name__}")
-    try:
-        from segment_anything import sam_model_registry  # type: ignore[import-not-found]
-    except ImportError:
-        pe = sd.get("image_encoder.patch_embed.proj.weight")
-        ok = (pe is not None and tuple(pe.shape) == (768, 3, 16, 16)
-              and "image_encoder.blocks.11.attn.qkv.weight" in sd
-              and "image_encoder.blocks.12.attn.qkv.weight" not in sd
-              and any(k.startswith("mask_decoder.") for k in sd)
-              and any(k.startswith("prompt_encoder.") for k in sd))
-        if not ok:
-            raise ConfigError(f"weights file {str(path)!r} does not fit the SAM ViT-B "
-                              f"architecture (patch embedding, 12 blocks, prompt encoder and "
-                              f"mask decoder expected)") from None
-        log.info("%s: ViT-B keys and shapes checked (segment_anything not installed for a "
-                 "strict load)", path)
-        return
-    model = sam_model_registry["vit_b"]()
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise ConfigError(f"weights file {str(path)!r} does not load strictly into SAM ViT-B: "
-                          f"{str(e)[:300]}") from e
-
-
-def _check_monai_retinanet(path: Path) -> None:
-    """The MONAI lung_nodule_ct_detection bundle's ``models/model.pt``: a strict load into
-    the bundle's RetinaNet (ResNet50-FPN), built with ``monai.apps.detection``."""
-    try:
-        from .models.monai_retinanet.checkpoint import check_checkpoint
-    except ImportError as e:  # pragma: no cover - monai is a dependency
-        raise UnavailableError(f"cannot check {str(path)!r}: the monai package is needed "
-                               f"({e})") from e
-    check_checkpoint(path)
-
-
-def _check_nnunet_folder(path: Path) -> None:
-    """An nnU-Net v2 model folder: dataset.json, plans.json, fold_X/checkpoint_final.pth with
-    ``network_weights`` and ``inference_allowed_mirroring_axes``."""
-    if not path.is_dir():
-        raise ConfigError(f"weights {str(path)!r} must be an nnU-Net v2 model folder "
-                          f"(dataset.json, plans.json, fold_X/checkpoint_final.pth); for a "
-                          f"zip (nnU-Net export, TotalSegmentator) use `autoseg weights "
-                          f"add-nnunet ZIP --name NAME`")
-    for f in ("dataset.json", "plans.json"):
-        if not (path / f).is_file():
-            raise ConfigError(f"nnU-Net model folder {str(path)!r} has no {f}")
-    ckpts = (sorted(path.glob("fold_*/checkpoint_final.pth"))
-             or sorted(path.glob("fold_*/checkpoint_best.pth")))  # add-nnunet may pick best
-    if not ckpts:
-        raise ConfigError(f"nnU-Net model folder {str(path)!r} has no "
-                          f"fold_X/checkpoint_final.pth")
-    import numpy as np
-    import torch
-
-    core = getattr(np, "_core", None) or np.core
-    safe: list[Any] = [core.multiarray.scalar, np.dtype]
-    safe += [getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType")
-             if hasattr(np, "dtypes") and hasattr(np.dtypes, n)]
-    for c in ckpts:
-        try:
-            with torch.serialization.safe_globals(safe):
-                obj = torch.load(c, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise UnavailableError(f"nnU-Net checkpoint {str(c)!r} cannot be read safely "
-                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-        for key in ("network_weights", "inference_allowed_mirroring_axes"):
-            if not isinstance(obj, dict) or key not in obj:
-                raise ConfigError(f"nnU-Net checkpoint {str(c)!r} has no {key!r} (without "
-                                  f"it nnU-Net's predictor cannot run as trained)")
+    _checker(architecture, path)(path)
 
 
 # --------------------------------------------------------------------------- operations
@@ -719,8 +750,7 @@ def _fetch_into(entry: WeightsEntry, wdir: Path, part: Path, *, timeout: float,
                                "was installed")
     if entry.architecture == "nnunetv2_model_folder" and zipfile.is_zipfile(part):
         # an nnU-Net model zip (e.g. TotalSegmentator's): checked and installed by add-nnunet
-        from .models.nnunet.install import add_nnunet
-
+        add_nnunet = _import_string(NNUNET_ZIP_INSTALLER)
         try:
             rec: InstalledWeights = add_nnunet(part, name, wdir, origin="fetch",
                                                source_text=entry.source)

@@ -72,6 +72,7 @@ from ..backends import ProgressFn
 from ..config import Settings, resolve_device
 from ..errors import BackendError, ConfigError, UnavailableError
 from ..types import BackendInfo, Box3D, LesionMask, Volume
+from ..weights import CheckpointChoice, register_checker, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -398,7 +399,8 @@ def check_fits(model: Any, state_dict: Mapping[str, Any], path: Path) -> None:
 
 
 def load_model(path: Path, device: str = "cpu") -> Any:
-    """Build SAM ViT-B and load ``path`` into it with ``strict=True``, in eval mode."""
+    """Build SAM ViT-B and load ``path`` into it with ``strict=True``, in eval mode (the
+    one strict load of a MedSAM checkpoint; :func:`check_checkpoint` uses it too)."""
     sd = read_checkpoint(path)
     model = build_model("cpu")
     check_fits(model, sd, path)
@@ -408,6 +410,33 @@ def load_model(path: Path, device: str = "cpu") -> Any:
         raise ConfigError(f"checkpoint {str(path)!r} does not load strictly into SAM ViT-B: "
                           f"{str(e)[:300]}") from e
     return model.to(device).eval()
+
+
+def check_checkpoint(path: Path) -> None:
+    """Prove that ``path`` is MedSAM's ``medsam_vit_b.pth`` format (``weights add``/
+    ``fetch``/``verify``): a strict load (:func:`load_model`) when the ``segment_anything``
+    package is installed, else a check of the SAM ViT-B keys and shapes."""
+    import importlib.util
+
+    if importlib.util.find_spec("segment_anything") is not None:
+        load_model(Path(path), "cpu")
+        return
+    sd = read_checkpoint(Path(path))
+    pe = sd.get("image_encoder.patch_embed.proj.weight")
+    ok = (pe is not None and tuple(pe.shape) == (768, 3, 16, 16)
+          and "image_encoder.blocks.11.attn.qkv.weight" in sd
+          and "image_encoder.blocks.12.attn.qkv.weight" not in sd
+          and any(k.startswith("mask_decoder.") for k in sd)
+          and any(k.startswith("prompt_encoder.") for k in sd))
+    if not ok:
+        raise ConfigError(f"weights file {str(path)!r} does not fit the SAM ViT-B "
+                          f"architecture (patch embedding, 12 blocks, prompt encoder and "
+                          f"mask decoder expected)")
+    log.info("%s: ViT-B keys and shapes checked (segment_anything not installed for a "
+             "strict load)", path)
+
+
+register_checker(ARCHITECTURE, check_checkpoint)
 
 
 def segment_anything_version() -> str:
@@ -422,63 +451,13 @@ def segment_anything_version() -> str:
 # --------------------------------------------------------------------------- checkpoint choice
 
 
-@dataclass(frozen=True)
-class CheckpointChoice:
-    path: Path
-    name: str  # manifest name when known, else the file name
-    sha256: str
-    trained: bool  # known release sha256, or a valid training record
-    provenance: str
-    record: Mapping[str, Any] | None = None  # training record, when trained here
-    state: str = "untrained test checkpoint"  # weights.PINNED | OFFICIAL | USER_PIN | ...
-
-
 def resolve_checkpoint(settings: Settings, options: MedSAMOptions) -> CheckpointChoice:
     """Find the checkpoint (a file path, or a manifest name installed in the weights folder)
-    and decide its provenance: a pinned release, an official download or a user pin
-    (:func:`autoprompt_seg.weights.checkpoint_provenance`), or a valid training record
-    beside the file (:func:`autoprompt_seg.weights.training_record`),
-    else an untrained test checkpoint."""
-    from ..weights import (
-        UNKNOWN,
-        checkpoint_provenance,
-        installed_path,
-        load_manifest,
-        sha256_file,
-        training_record,
-    )
-
-    manifest = load_manifest()
-    ref = options.checkpoint
-    p = Path(ref).expanduser()
-    if ref in manifest and not p.is_file():
-        entry = manifest[ref]
-        if entry.architecture != ARCHITECTURE:
-            raise ConfigError(f"Option 'medsam.checkpoint' names {ref!r}, a "
-                              f"{entry.architecture} checkpoint; medsam needs {ARCHITECTURE}")
-        found = installed_path(ref, settings.weights_dir)
-        if found is None:
-            raise UnavailableError(
-                f"MedSAM weights {ref!r} ({entry.file}) are not installed in "
-                f"{settings.weights_dir}: run `autoseg weights fetch {ref}` or "
-                f"`autoseg weights add {entry.file} --name {ref}`")
-        p = found
-    elif not p.is_file():
-        names = ", ".join(k for k, e in manifest.items() if e.architecture == ARCHITECTURE)
-        raise UnavailableError(f"Option 'medsam.checkpoint' must be a known weights name "
-                               f"({names}) or an existing file; got {ref!r}")
-    sha = sha256_file(p)
-    name = ref if ref in manifest else p.name
-    prov = checkpoint_provenance(sha, ARCHITECTURE, settings.weights_dir, manifest=manifest,
-                                 path=p)
-    if prov.state != UNKNOWN:  # pinned release, official download or user pin
-        return CheckpointChoice(p, prov.name or name, sha, True, prov.text, state=prov.state)
-    rec = training_record(p)
-    if rec is not None:
-        text = (f"trained here: {rec.get('model', NAME)}, {rec.get('n_cases', '?')} case(s), "
-                f"{rec.get('epochs', '?')} epoch(s), data {rec.get('data_hash', '?')}")
-        return CheckpointChoice(p, name, sha, True, text, rec, state="trained here")
-    return CheckpointChoice(p, name, sha, False, "untrained test checkpoint")
+    and decide its provenance (:func:`autoprompt_seg.weights.resolve`): a pinned release,
+    an official download, a user pin, a valid training record beside the file, else an
+    untrained test checkpoint."""
+    return resolve(ARCHITECTURE, options.checkpoint, settings.weights_dir, model=NAME,
+                   option="medsam.checkpoint", label="MedSAM")
 
 
 # --------------------------------------------------------------------------- segmenter

@@ -64,6 +64,7 @@ from ..backends import ProgressFn
 from ..config import Settings, resolve_device
 from ..errors import BackendError, ConfigError, UnavailableError
 from ..types import BackendInfo, Box3D, LesionMask, Volume
+from ..weights import CheckpointChoice, register_checker, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -640,7 +641,24 @@ def load_model(path: Path, device: str = "cpu", predictor: type | None = None,
 def check_checkpoint(path: Path, variant: Variant | None = None) -> None:
     """Prove that ``path`` loads strictly into the variant's architecture (MedSAM2 by
     default; used by weights add)."""
+    if Path(path).is_dir():
+        raise ConfigError(f"weights {str(path)!r} is a folder; a sam2 checkpoint is one "
+                          f".pt file")
     load_model(Path(path), "cpu", variant=variant)
+
+
+def check_medsam2_file(path: Path) -> None:
+    """The weights checker of MedSAM2's architecture (:func:`check_checkpoint`)."""
+    check_checkpoint(path, MEDSAM2)
+
+
+def check_sam2_file(path: Path) -> None:
+    """The weights checker of plain SAM2.1 Hiera-tiny (:func:`check_checkpoint`)."""
+    check_checkpoint(path, SAM2)
+
+
+register_checker(MEDSAM2.architecture, check_medsam2_file)
+register_checker(SAM2.architecture, check_sam2_file)
 
 
 def sam2_version() -> str:
@@ -655,86 +673,18 @@ def sam2_version() -> str:
 # --------------------------------------------------------------------------- checkpoint choice
 
 
-@dataclass(frozen=True)
-class CheckpointChoice:
-    path: Path
-    name: str  # manifest name when known, else the file name
-    sha256: str
-    trained: bool  # not an unknown file: a pinned release, an official download, a user
-    #              # pin (weights.checkpoint_provenance) or trained here (training record)
-    provenance: str = ""  # one line: how ``trained`` was established (empty when untrained)
-    training: Mapping[str, Any] | None = None  # the training record, when trained here
-    state: str = "untrained test checkpoint"  # weights.PINNED | OFFICIAL | USER_PIN |
-    #                                         # "trained here" | weights.UNKNOWN
-
-
-TRAINED_HERE = "trained here"
-
-
-def training_provenance(record: Mapping[str, Any]) -> str:
-    """``"trained here: medsam2, N case(s), E epoch(s), data <hash>"`` for a training
-    record written by :mod:`autoprompt_seg.train`."""
-    n = record.get("n_cases", len(record.get("cases", []) or []))
-    return (f"trained here: {record.get('model', NAME)}, {n} case(s), "
-            f"{record.get('epochs', '?')} epoch(s), data {record.get('data_hash', '?')}")
-
-
 def resolve_checkpoint(settings: Settings, options: MedSAM2Options,
                        variant: Variant | None = None) -> CheckpointChoice:
     """Find the checkpoint: a file path, or a manifest name installed in the weights folder.
 
-    Its provenance comes from its sha256 (:func:`autoprompt_seg.weights.
-    checkpoint_provenance`): a pinned release, an official download (hash not pinned) or a
-    user pin count as trained; else a valid training record of a run of this model beside
-    the file (:func:`autoprompt_seg.weights.training_record`: trained here, never reported
+    Its provenance comes from :func:`autoprompt_seg.weights.resolve`: a pinned release, an
+    official download (hash not pinned) or a user pin count as trained; else a valid
+    training record of a run of this model beside the file (trained here, never reported
     as a release); else it is an untrained test checkpoint.
     """
-    from ..weights import (
-        UNKNOWN,
-        checkpoint_provenance,
-        installed_path,
-        load_manifest,
-        sha256_file,
-        training_record,
-    )
-
     v = variant or MEDSAM2
-    manifest = load_manifest()
-    ref = options.checkpoint
-    p = Path(ref).expanduser()
-    opt = f"{v.name}_checkpoint"
-    if ref in manifest and not p.is_file():
-        entry = manifest[ref]
-        if entry.architecture != v.architecture:
-            raise ConfigError(f"Option '{opt}' names {ref!r}, a {entry.architecture} "
-                              f"checkpoint; {v.name} needs {v.architecture}")
-        found = installed_path(ref, settings.weights_dir)
-        if found is None:
-            raise UnavailableError(
-                f"{v.label} weights {ref!r} ({entry.file}) are not installed in "
-                f"{settings.weights_dir}: run `autoseg weights fetch {ref}` or "
-                f"`autoseg weights add {entry.file} --name {ref}`")
-        p = found
-    elif not p.is_file():
-        raise UnavailableError(f"Option '{opt}' must be a known weights name "
-                               f"({', '.join(k for k, e in manifest.items() if e.architecture == v.architecture)}) "
-                               f"or an existing file; got {ref!r}")
-    sha = sha256_file(p)
-    prov = checkpoint_provenance(sha, v.architecture, settings.weights_dir, manifest=manifest,
-                                 path=p)
-    fallback = ref if ref in manifest else p.name
-    if prov.state != UNKNOWN:
-        return CheckpointChoice(path=p, name=prov.name or fallback, sha256=sha, trained=True,
-                                provenance=prov.text, state=prov.state)
-    rec = training_record(p)
-    if rec is not None and rec.get("model") == v.name:
-        return CheckpointChoice(path=p, name=fallback, sha256=sha, trained=True,
-                                provenance=training_provenance(rec), training=rec,
-                                state=TRAINED_HERE)
-    if rec is not None:
-        log.warning("%s: its training record is of model %r, not %s; ignored", p,
-                    rec.get("model"), v.name)
-    return CheckpointChoice(path=p, name=fallback, sha256=sha, trained=False, state=UNKNOWN)
+    return resolve(v.architecture, options.checkpoint, settings.weights_dir, model=v.name,
+                   option=f"{v.name}_checkpoint", label=v.label, record_model=v.name)
 
 
 # --------------------------------------------------------------------------- segmenter

@@ -35,10 +35,12 @@ A missing, truncated or corrupt file raises :class:`UnavailableError` (69); a fi
 wrong content (another format, another model, a state dict that does not load strictly)
 raises :class:`ConfigError` (78); both name the file.
 
-Provenance: a checkpoint with a matching training record beside it (``<file>.train.json``,
-:func:`autoprompt_seg.weights.training_record`) is *trained here*; one whose sha256 is a
-known (non-empty) sha256 of a weights-manifest entry of architecture ``cnn2d_<model>`` is a
-release; anything else is an *untrained test checkpoint* (``BackendInfo.trained=False``).
+Provenance (:func:`autoprompt_seg.weights.resolve`): a checkpoint whose sha256 is pinned
+by a weights-manifest entry of architecture ``cnn2d_<model>`` is a release (or an official
+download / user pin, as ``installed.json`` records it); else one with a matching training
+record beside it (``<file>.train.json``, :func:`autoprompt_seg.weights.training_record`)
+is *trained here*; anything else is an *untrained test checkpoint*
+(``BackendInfo.trained=False``).
 
 Inference
 ---------
@@ -363,15 +365,6 @@ def predict_volume(net: torch.nn.Module, hu: npt.NDArray[Any], window: Sequence[
     return out
 
 
-def _known_release(sha: str, model: str) -> str | None:
-    from ..weights import load_manifest
-
-    for e in load_manifest().values():
-        if e.sha256 and e.sha256.lower() == sha and e.architecture == f"cnn2d_{model}":
-            return e.name
-    return None
-
-
 class SliceCnnSegmenter:
     """A 2-D CNN applied slice by slice; prompt-free (module docstring)."""
 
@@ -379,7 +372,7 @@ class SliceCnnSegmenter:
     name = ""  # set by subclasses: "unet" | "deeplabv3"
 
     def __init__(self, settings: Settings) -> None:
-        from ..weights import sha256_file, training_record
+        from ..weights import resolve
 
         check_model(self.name)
         self.settings = settings
@@ -398,10 +391,12 @@ class SliceCnnSegmenter:
                 f"(Settings.options[{self.name!r}]['checkpoint'])")
         self.checkpoint = read_checkpoint(path, self.name)
         self.net = load_net(self.checkpoint).to(self.device).eval()
-        self.sha256 = sha256_file(self.checkpoint.path)
-        self.record = training_record(self.checkpoint.path)
-        self.release = None if self.record else _known_release(self.sha256, self.name)
-        self.trained = self.record is not None or self.release is not None
+        self.choice = resolve(f"cnn2d_{self.name}", self.checkpoint.path,
+                              settings.weights_dir, model=self.name,
+                              option=f"{self.name}.checkpoint")
+        self.sha256 = self.choice.sha256
+        self.record = self.choice.record
+        self.trained = self.choice.trained
         self.batch_size = self.options.batch_size or (16 if self.device == "cuda" else 4)
         self.last_seconds = 0.0
         if not self.trained:
@@ -412,14 +407,7 @@ class SliceCnnSegmenter:
         return {"net": self.net}
 
     def provenance(self) -> str:
-        rec = self.record
-        if rec is not None:
-            return (f"trained here: {rec.get('model', self.name)}, {rec.get('n_cases', '?')} "
-                    f"case(s), {rec.get('epochs', '?')} epoch(s), data "
-                    f"{rec.get('data_hash', '?')}")
-        if self.release is not None:
-            return f"{self.release} (sha256 matches the weights manifest)"
-        return UNTRAINED
+        return self.choice.provenance
 
     def info(self) -> BackendInfo:
         ck = self.checkpoint
@@ -439,7 +427,7 @@ class SliceCnnSegmenter:
         if not self.trained:
             details["note"] = UNTRAINED_NOTE
         return BackendInfo(name=self.name, kind="segmenter", version=VERSION,
-                           checkpoint=self.release or ck.path.name,
+                           checkpoint=self.choice.name,
                            checkpoint_sha256=self.sha256, trained=self.trained,
                            details=details)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError, UnavailableError
+from ...weights import register_checker
 from . import ARCHITECTURE
 
 
@@ -88,3 +89,6 @@ def check_checkpoint(path: Path) -> None:
         raise ConfigError(f"weights {str(p)!r} looks like the bundle zip; install its "
                           "models/model.pt (unzip it first)")
     load_network(p)
+
+
+register_checker(ARCHITECTURE, check_checkpoint)

@@ -33,8 +33,9 @@ import numpy as np
 
 from ...backends import ProgressFn
 from ...config import Settings, resolve_device
-from ...errors import ConfigError, UnavailableError
+from ...errors import ConfigError
 from ...types import BackendInfo, Box3D, Volume
+from ...weights import CheckpointChoice, resolve
 from . import ARCHITECTURE, BUNDLE_NAME, BUNDLE_VERSION, WEIGHTS_NAME
 from .boxes import image_box_corners, points_to_box
 
@@ -86,51 +87,13 @@ class RetinanetOptions:
         return cls(**kw)
 
 
-@dataclass(frozen=True)
-class CheckpointChoice:
-    path: Path
-    name: str
-    sha256: str
-    trained: bool  # not an unknown file (weights.checkpoint_provenance)
-    state: str
-    provenance: str
-
-
 def resolve_checkpoint(settings: Settings, ref: str) -> CheckpointChoice:
     """A weights name installed in the weights folder, or a file; its provenance from its
-    sha256 (:func:`autoprompt_seg.weights.checkpoint_provenance`)."""
-    from ...weights import (
-        UNKNOWN,
-        checkpoint_provenance,
-        installed_path,
-        load_manifest,
-        sha256_file,
-    )
-
-    manifest = load_manifest()
-    p = Path(ref).expanduser()
-    if ref in manifest and not p.is_file():
-        entry = manifest[ref]
-        if entry.architecture != ARCHITECTURE:
-            raise ConfigError(f"Option '{NAME}.checkpoint' names {ref!r}, a "
-                              f"{entry.architecture} checkpoint; {NAME} needs {ARCHITECTURE}")
-        found = installed_path(ref, settings.weights_dir)
-        if found is None:
-            raise UnavailableError(
-                f"{NAME} weights {ref!r} ({entry.file}) are not installed in "
-                f"{settings.weights_dir}: run `autoseg weights fetch {ref}` or "
-                f"`autoseg weights add model.pt --name {ref}` (the bundle's models/model.pt)")
-        p = found
-    elif not p.is_file():
-        names = [k for k, e in manifest.items() if e.architecture == ARCHITECTURE]
-        raise UnavailableError(f"Option '{NAME}.checkpoint' must be a known weights name "
-                               f"({', '.join(names)}) or an existing file; got {ref!r}")
-    sha = sha256_file(p)
-    prov = checkpoint_provenance(sha, ARCHITECTURE, settings.weights_dir, manifest=manifest,
-                                 path=p)
-    name = prov.name or (ref if ref in manifest else p.name)
-    return CheckpointChoice(path=p, name=name, sha256=sha, trained=prov.state != UNKNOWN,
-                            state=prov.state, provenance=prov.text)
+    sha256 (:func:`autoprompt_seg.weights.resolve`; no training records: not trained here)."""
+    return resolve(ARCHITECTURE, ref, settings.weights_dir, model=NAME,
+                   option=f"{NAME}.checkpoint",
+                   add_file="model.pt", add_hint=" (the bundle's models/model.pt)",
+                   training_records=False)
 
 
 def detections_to_boxes(raw: Any, volume: Volume, *, min_score: float, max_boxes: int
