@@ -15,11 +15,12 @@ import pytest
 from autoprompt_seg.errors import InputError, OutputError
 from autoprompt_seg.export import OUTPUT_NAMES, lesion_colour
 from autoprompt_seg.export import writer as writer_mod
-from autoprompt_seg.export.dicom_seg import NoDicomSourcesError, build_seg, read_seg_labels
+from autoprompt_seg.export.dicom_seg import NoDicomSourcesError, build_seg
 from autoprompt_seg.export.preview import write_preview
 from autoprompt_seg.export.report import build_report, feret_diameter_mm
 from autoprompt_seg.export.writer import write_outputs
 from autoprompt_seg.io.dicom import load_study
+from autoprompt_seg.io.seg import read_seg_labels
 from autoprompt_seg.synthetic import synthetic_study
 from autoprompt_seg.types import BackendInfo, Box3D, LesionMask, Prediction, Volume
 

@@ -26,9 +26,9 @@ import numpy.typing as npt
 import pydicom
 import pytest
 
-from autoprompt_seg.export.dicom_seg import read_seg_labels
 from autoprompt_seg.export.writer import write_outputs
 from autoprompt_seg.io.dicom import load_study
+from autoprompt_seg.io.seg import read_seg_labels
 from autoprompt_seg.synthetic import oblique_direction, synthetic_study
 from autoprompt_seg.types import BackendInfo, Box3D, LesionMask, Prediction, Volume
 from conftest import tool

@@ -216,8 +216,8 @@ def convert_dataset(data: Path, raw: Path, roi_name: str = "GTV-1") -> int:
             _write_case(raw, f"lung_{n:04d}", vol.array, lab, vol.spacing, vol.direction)
             n += 1
     else:
-        from .detect.oracle import mask_from_ground_truth
         from .io.dicom import load_study
+        from .io.groundtruth import mask_from_ground_truth
         from .io.rtstruct import find_rtstruct
 
         studies = [data] if _has_dicom(data) else sorted(p for p in data.iterdir() if p.is_dir())

@@ -218,7 +218,7 @@ def _seg_mask(seg_path: Path, volume: Volume, roi: str) -> Mask:
     union of all segments."""
     import pydicom
 
-    from ..export.dicom_seg import read_seg_labels
+    from ..io.seg import read_seg_labels
 
     labels = read_seg_labels(seg_path, volume)
     ds = pydicom.dcmread(seg_path, stop_before_pixels=True)

@@ -11,7 +11,7 @@ Two sources, chosen with ``Settings.options`` (the CLI's ``--prompts`` / ``--pro
       :func:`autoprompt_seg.io.rtstruct.load_roi_mask`; or a folder, in which the first
       RTSTRUCT is used;
     * a DICOM-SEG file, mapped onto the CT slices by ReferencedSOPInstanceUID
-      (:func:`autoprompt_seg.export.dicom_seg.read_seg_labels`); one box per segment;
+      (:func:`autoprompt_seg.io.seg.read_seg_labels`); one box per segment;
     * a NIfTI / NRRD / MetaImage mask. It must lie on the CT's voxel grid. A mask whose
       grid is the CT's grid stored in another axis order or direction (a pure re-indexing:
       every CT voxel centre falls exactly on a mask voxel centre) is re-indexed exactly;
@@ -73,20 +73,18 @@ import numpy.typing as npt
 from ..backends import ProgressFn
 from ..config import Settings
 from ..errors import ConfigError, InputError
+from ..io.groundtruth import DEFAULT_ROI, INDEX_TOL, mask_from_ground_truth
 from ..types import BackendInfo, Box3D, Volume
 
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 PROMPTS_VERSION = 1
-DEFAULT_ROI = "GTV-1"
-
 _TOP_KEYS = {"version", "coordinates", "boxes", "comment"}
 _VOXEL_KEYS = {"z", "y", "x", "key_slice", "label"}
 _LPS_KEYS = {"corner1", "corner2", "key_point", "label"}
-_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Tolerance (voxels) when mapping LPS points to voxel indices and checking grids.
-_INDEX_TOL = 1e-3
+_INDEX_TOL = INDEX_TOL
 
 
 # --------------------------------------------------------------------------- prompts
@@ -337,113 +335,6 @@ def boxes_from_mask(mask: npt.NDArray[Any], volume: Volume | None = None, *,
                            from_person=from_person))
     log.debug("%d box(es) from a %s mask", len(boxes), "binary" if binary else "label")
     return boxes
-
-
-# ------------------------------------------------------------------- ground-truth files
-
-
-def _fmt(v: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{float(a):.4g}" for a in v) + ")"
-
-
-def load_mask_image(path: str | os.PathLike[str], volume: Volume) -> npt.NDArray[np.int64]:
-    """Read a NIfTI/NRRD/MetaImage mask onto ``volume``'s grid as a (z, y, x) int array.
-
-    The mask must lie on the volume's grid; a pure re-indexing (other axis order or
-    direction, same voxel centres) is applied exactly, anything else is an
-    :class:`InputError` that shows both geometries.
-    """
-    import SimpleITK as sitk
-
-    from ..io.image import volume_to_sitk
-
-    p = Path(path)
-    try:
-        img = sitk.ReadImage(str(p))
-    except RuntimeError as e:
-        raise InputError(f"{p}: cannot be read as a mask image "
-                         f"({str(e).strip().splitlines()[-1]})") from e
-    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{p}: a mask must be a 3-D scalar image; got {img.GetDimension()}-D "
-                         f"with {img.GetNumberOfComponentsPerPixel()} component(s)")
-    arr = sitk.GetArrayFromImage(img)
-    if not (np.issubdtype(arr.dtype, np.integer) or np.array_equal(arr, np.round(arr))):
-        raise InputError(f"{p}: a mask must hold integer labels; got non-integer values "
-                         f"(dtype {arr.dtype})")
-    # voxel (i, j, k) of the CT -> continuous index of the mask
-    m_aff = np.eye(4)
-    m_aff[:3, :3] = np.array(img.GetDirection()).reshape(3, 3) @ np.diag(img.GetSpacing())
-    m_aff[:3, 3] = img.GetOrigin()
-    to_mask = np.linalg.inv(m_aff) @ volume.affine_lps()
-    lin, shift = to_mask[:3, :3], to_mask[:3, 3]
-    reindex = (np.allclose(np.abs(lin), np.round(np.abs(lin)), atol=_INDEX_TOL)
-               and np.allclose(np.abs(np.round(lin)).sum(axis=0), 1)
-               and np.allclose(np.abs(np.round(lin)).sum(axis=1), 1)
-               and np.allclose(shift, np.round(shift), atol=_INDEX_TOL))
-    if reindex:
-        nz, ny, nx = volume.shape
-        corners = np.array([[i, j, k, 1.0] for i in (0, nx - 1) for j in (0, ny - 1)
-                            for k in (0, nz - 1)])
-        mapped = np.round(corners @ to_mask.T)[:, :3]
-        size = np.array(img.GetSize())
-        reindex = bool((mapped >= 0).all() and (mapped < size).all())
-    if not reindex:
-        sz, sy, sx = volume.spacing
-        raise InputError(
-            f"{p}: the mask is not on the CT's voxel grid (prompts are never interpolated): "
-            f"mask size (x, y, z) {img.GetSize()}, spacing {_fmt(img.GetSpacing())} mm, origin "
-            f"{_fmt(img.GetOrigin())}, direction {_fmt(img.GetDirection())}; CT size "
-            f"{volume.shape[::-1]}, spacing {_fmt((sx, sy, sz))} mm, origin "
-            f"{_fmt(volume.origin)}, direction {_fmt(volume.direction.ravel().tolist())}. Resample the "
-            "mask onto the CT grid (nearest neighbour) first")
-    if arr.shape == volume.shape and np.allclose(lin, np.eye(3), atol=_INDEX_TOL) \
-            and np.allclose(shift, 0, atol=_INDEX_TOL):
-        return arr.astype(np.int64, copy=False)
-    log.info("%s: mask stored in another axis order/direction; re-indexed onto the CT grid", p)
-    ref = volume_to_sitk(volume, np.zeros(volume.shape, dtype=np.uint8))
-    out = sitk.Resample(sitk.Cast(img, sitk.sitkInt32), ref, sitk.Transform(),
-                        sitk.sitkNearestNeighbor, 0)
-    return sitk.GetArrayFromImage(out).astype(np.int64, copy=False)
-
-
-def _dicom_modality(p: Path) -> str:
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["Modality",
-                                                                         "SOPClassUID"])
-    except Exception as e:  # noqa: BLE001 - any parse failure is an input error
-        raise InputError(f"--prompts-from {p}: neither a NIfTI/NRRD mask nor readable DICOM "
-                         f"({type(e).__name__}: {e})") from e
-    return str(ds.get("Modality", "") or "")
-
-
-def mask_from_ground_truth(path: str | os.PathLike[str], volume: Volume,
-                           roi_name: str = DEFAULT_ROI) -> npt.NDArray[Any]:
-    """The ground-truth mask (bool) or label map (int) of ``path`` on ``volume``'s grid."""
-    p = Path(path)
-    if p.is_dir():
-        from ..io.rtstruct import find_rtstruct
-
-        found = find_rtstruct(p)
-        if found is None:
-            raise InputError(f"--prompts-from {p}: the folder holds no RTSTRUCT")
-        p = found
-    if not p.is_file():
-        raise InputError(f"--prompts-from {p}: no such file or folder")
-    if p.name.lower().endswith(_IMAGE_SUFFIXES):
-        return load_mask_image(p, volume)
-    modality = _dicom_modality(p)
-    if modality == "RTSTRUCT":
-        from ..io.rtstruct import load_roi_mask
-
-        return load_roi_mask(p, volume, roi_name=roi_name)
-    if modality == "SEG":
-        from ..export.dicom_seg import read_seg_labels
-
-        return read_seg_labels(p, volume)
-    raise InputError(f"--prompts-from {p}: expected an RTSTRUCT, a DICOM-SEG or a "
-                     f"NIfTI/NRRD mask; got a DICOM file of modality {modality or '?'}")
 
 
 # ------------------------------------------------------------------------- the detector

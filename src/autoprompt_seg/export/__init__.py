@@ -1,6 +1,7 @@
 """Export a :class:`~autoprompt_seg.types.Prediction`: DICOM-SEG, NIfTI, report, preview.
 
-* :mod:`.dicom_seg` -- ``build_seg`` / ``read_seg_labels`` (highdicom, BINARY SEG);
+* :mod:`.dicom_seg` -- ``build_seg`` (highdicom, BINARY SEG; reading one back is
+  :mod:`autoprompt_seg.io.seg`);
 * :mod:`.nifti`     -- the label map in source geometry (lesion *i* = *i*);
 * :mod:`.report`    -- ``build_report``: a JSON-ready run manifest with measurements;
 * :mod:`.preview`   -- ``write_preview``: one PNG a radiologist can glance at;
