@@ -34,11 +34,12 @@ def bench(model: str, backbone: str | None, size: int, batch: int, device: str,
     import torch
     from monai.losses import DiceCELoss
 
+    from autoprompt_seg.models.cnn2d import checkpoint as cnn2d_ck
     from autoprompt_seg.segment import slicewise
 
     arch: Any = {"backbone": backbone} if backbone else None
     torch.manual_seed(0)
-    net = slicewise.build_net(model, arch).to(device)
+    net = cnn2d_ck.build_net(model, arch).to(device)
     params = sum(p.numel() for p in net.parameters())
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)

@@ -12,7 +12,7 @@ import torch
 from segment_anything import sam_model_registry
 from torch.utils.flop_counter import FlopCounterMode
 
-from autoprompt_seg.segment import slicewise
+from autoprompt_seg.models.cnn2d import checkpoint as cnn2d_ck
 from autoprompt_seg.segment.medsam2 import build_model
 
 
@@ -29,7 +29,7 @@ def params_m(model: Any) -> float:
 
 def main() -> None:
     for name, arch in (("unet", None), ("deeplabv3", "resnet50"), ("deeplabv3", "resnet101")):
-        net = slicewise.build_net(name, slicewise.normalise_arch(name, arch))
+        net = cnn2d_ck.build_net(name, cnn2d_ck.normalise_arch(name, arch))
         x = torch.zeros(1, 1 if name == "unet" else 3, 512, 512)
         print(f"{name} {arch or ''}: params {params_m(net):.1f}M, "
               f"GFLOPs per 512^2 slice {gflops(net, x):.1f}")

@@ -16,8 +16,9 @@ import pytest
 
 from autoprompt_seg.bench.html import SECTIONS
 from autoprompt_seg.bench.metrics import CASE_METRICS
+from autoprompt_seg.bench.outputs import write_outputs
 from autoprompt_seg.bench.overlay import overlay_path, save_case_overlay
-from autoprompt_seg.bench.report import REPORT_HTML, UNTRAINED_MARK, write_outputs
+from autoprompt_seg.bench.report import REPORT_HTML, UNTRAINED_MARK
 
 EVIL = "<script>alert('x')</script> & \"quoted\""
 

@@ -14,6 +14,7 @@ import pytest
 from scipy.stats import wilcoxon
 
 from autoprompt_seg.bench.metrics import CASE_METRICS
+from autoprompt_seg.bench.outputs import write_outputs
 from autoprompt_seg.bench.overlay import (
     MAX_BYTES,
     overlay_path,
@@ -31,7 +32,6 @@ from autoprompt_seg.bench.report import (
     read_costs,
     stats,
     summarise,
-    write_outputs,
 )
 from autoprompt_seg.errors import InputError
 

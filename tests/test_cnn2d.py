@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 pytest.importorskip("torchvision")
 
+from autoprompt_seg.models.cnn2d import checkpoint as cnn2d_ck  # noqa: E402
 from autoprompt_seg.segment import slicewise  # noqa: E402
 from autoprompt_seg.train import cnn2d  # noqa: E402
 from autoprompt_seg.train.core import TrainConfig, train_model  # noqa: E402
@@ -105,7 +106,7 @@ def _train_and_compare(cfg: TrainConfig, tmp_path: Path) -> None:
     assert set(trained.torch_modules()) == {"net"} and trained.promptable is False
 
     net0, arch, window, _ = cnn2d.initial_net(cfg)  # the same seed, zero training
-    untrained_ck = slicewise.save_checkpoint(tmp_path / "initial.pt", cfg.model, arch, window,
+    untrained_ck = cnn2d_ck.save_checkpoint(tmp_path / "initial.pt", cfg.model, arch, window,
                                              cfg.image_size, net0.state_dict())
     untrained = segmenter(cfg.model, untrained_ck)
     assert untrained.info().trained is False
@@ -171,8 +172,8 @@ def test_fine_tuning_starts_from_the_given_checkpoint(tmp_path):
     cfg = TrainConfig(model="unet", epochs=1, batch_size=2, lr=1e-3, steps_per_epoch=1,
                       image_size=32, seed=5, device="cpu", options={"arch": SMALL_UNET})
     torch.manual_seed(123)
-    start = slicewise.build_net("unet", SMALL_UNET)
-    ck = slicewise.save_checkpoint(tmp_path / "start.pt", "unet", SMALL_UNET, (-900, 300), 32,
+    start = cnn2d_ck.build_net("unet", SMALL_UNET)
+    ck = cnn2d_ck.save_checkpoint(tmp_path / "start.pt", "unet", SMALL_UNET, (-900, 300), 32,
                                    start.state_dict())
     net, arch, window, info = cnn2d.initial_net(cfg, ck)
     assert window == (-900.0, 300.0) and info["init"] == "checkpoint"
@@ -203,8 +204,8 @@ def test_training_options_are_checked(tmp_path):
 
 def _random_unet_checkpoint(path: Path, arch=SMALL_UNET, size: int = 32) -> Path:
     torch.manual_seed(0)
-    net = slicewise.build_net("unet", arch)
-    return slicewise.save_checkpoint(path, "unet", arch, (-1000, 400), size, net.state_dict())
+    net = cnn2d_ck.build_net("unet", arch)
+    return cnn2d_ck.save_checkpoint(path, "unet", arch, (-1000, 400), size, net.state_dict())
 
 
 def test_checkpoint_round_trip_and_untrained_provenance(tmp_path):
@@ -222,7 +223,7 @@ def test_checkpoint_round_trip_and_untrained_provenance(tmp_path):
     vol, _ = synth_volume(7)
     from autoprompt_seg.train.data import resize_images, window_ct
 
-    net = slicewise.load_net(slicewise.read_checkpoint(ck)).eval()
+    net = cnn2d_ck.load_net(cnn2d_ck.read_checkpoint(ck)).eval()
     with torch.no_grad():
         x = resize_images(torch.from_numpy(window_ct(vol.array))[:, None], 32)
         logits = resize_images(net(x), (64, 64))
@@ -261,7 +262,7 @@ def test_bad_checkpoints_are_refused_with_the_file_named(tmp_path):
 def test_deeplab_backbone_weights_load_strictly_from_torchvision_format(tmp_path):
     import torchvision
 
-    from autoprompt_seg.segment.deeplab import load_backbone_weights
+    from autoprompt_seg.models.cnn2d.deeplab import load_backbone_weights
 
     torch.manual_seed(3)
     r50 = torchvision.models.resnet50(weights=None).state_dict()  # ImageNet file format

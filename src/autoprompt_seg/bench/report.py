@@ -47,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .metrics import CASE_METRICS
+from .rows import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,6 @@ def group_label(method: str, mode: str, paradigm: str = "zero-shot",
 def read_costs(out_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """``costs.jsonl`` as config_hash -> row (the last row per hash wins). An absent file
     gives {}; a truncated or invalid line is logged and ignored."""
-    from .runner import read_rows
-
     out: dict[str, dict[str, Any]] = {}
     for r in read_rows(Path(out_dir) / COSTS_FILE):
         if isinstance(r, dict) and r.get("config_hash"):
@@ -488,33 +487,3 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def write_outputs(out_dir: str | Path) -> dict[str, Any]:
-    """(Re)write ``cases.csv``, ``lesions.csv``, ``summary.json``, ``summary.md`` and
-    ``report.html`` from the JSONL files (and ``costs.jsonl`` if present); return the
-    summary. A ``report.md`` left by an earlier version (now ``summary.md``) is removed."""
-    from .html import render_html
-    from .runner import CASES_FILE, LESIONS_FILE, read_rows
-
-    out = Path(out_dir)
-    rows = read_rows(out / CASES_FILE)
-    done = {(r.get("config_hash"), r.get("case_id")) for r in rows}
-    # keep lesion rows of completed cases only, once (a crash between the two appends
-    # can leave a case's lesion rows written twice; they are identical)
-    lrows = list({json.dumps(r, sort_keys=True): r for r in read_rows(out / LESIONS_FILE)
-                  if (r.get("config_hash"), r.get("case_id")) in done}.values())
-    _write_csv(out / "cases.csv", latest_rows(rows), first=CASE_COLUMNS)
-    _write_csv(out / "lesions.csv", lrows)
-    summary = summarise(rows, read_costs(out))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    write_text_atomic(out / SUMMARY_MD, markdown(summary, rows, generated=generated))
-    write_text_atomic(out / REPORT_HTML, render_html(out, summary, rows, generated=generated))
-    old = out / "report.md"
-    if old.is_file() and old.read_text(encoding="utf-8", errors="replace").startswith(
-            "# Benchmark report"):
-        old.unlink()
-        log.info("removed %s (now %s)", old, SUMMARY_MD)
-    log.info("wrote %s and %s", out / SUMMARY_MD, out / REPORT_HTML)
-    return summary

@@ -97,6 +97,7 @@ from .prompts import (
     case_seed,
     fill_slice_boxes,
 )
+from .rows import CASES_FILE, COSTS_FILE, LESIONS_FILE, append_rows, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,6 @@ __all__ = ["BenchConfig", "CaseResult", "run_bench", "evaluate_case", "case_cost
            "backends_for", "release_backends", "read_rows", "peak_rss_mb", "wants_gpu",
            "training_fields", "CASES_FILE", "LESIONS_FILE", "COSTS_FILE", "PARADIGMS"]
 
-CASES_FILE = "cases.jsonl"
-LESIONS_FILE = "lesions.jsonl"
-COSTS_FILE = "costs.jsonl"
 #: Detector name that means "manual prompts simulated from the ground truth".
 MANUAL_DETECTOR = "oracle"
 #: Detector name that means "no prompt" (one box covering the volume).
@@ -267,47 +265,6 @@ def training_fields(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- I/O
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a truncated last line (a crash mid-write) is ignored."""
-    if not path.is_file():
-        return []
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s line %d is not valid JSON (interrupted write?); ignored", path,
-                        i + 1)
-    return rows
-
-
-def _append(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append rows as JSON lines, durably; a truncated last line is closed first so the
-    new rows start on a line of their own."""
-    needs_newline = False
-    if path.is_file() and path.stat().st_size > 0:
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            needs_newline = f.read(1) != b"\n"
-    with open(path, "a", encoding="utf-8") as f:
-        if needs_newline:
-            f.write("\n")
-        for r in rows:
-            f.write(json.dumps(r, default=_json_default) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _json_default(o: object) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, (tuple, set)):
-        return list(o)
-    return str(o)
 
 
 def _nan_to_none(d: dict[str, Any]) -> dict[str, Any]:
@@ -572,7 +529,7 @@ def run_bench(config: BenchConfig, out_dir: str | os.PathLike[str], *,
     row is ``ok``, through the same executor: in this process with ``local``, as one more
     task on one worker with ``dask`` (nothing else runs then).
     """
-    from .report import write_outputs
+    from .outputs import write_outputs
 
     def stage(msg: str) -> None:
         log.info(msg)
@@ -635,8 +592,8 @@ def run_bench(config: BenchConfig, out_dir: str | os.PathLike[str], *,
             args = [(config, run_settings, c, save_masks, save_overlays) for c in todo]
             for res in ex.map_unordered(evaluate_case, args):
                 _save_images(out, chash, res)
-                _append(out / LESIONS_FILE, res.lesion_rows)
-                _append(out / CASES_FILE, [res.row])  # last: the case is done when complete
+                append_rows(out / LESIONS_FILE, res.lesion_rows)
+                append_rows(out / CASES_FILE, [res.row])  # last: the case is done when complete
                 if on_case:
                     on_case(reported, n, res.row)
                 reported += 1
@@ -662,4 +619,4 @@ def _measure_cost(config: BenchConfig, settings: Settings, cases: list[ds.Case],
     except AutosegError as e:
         log.error("bench %s: cost measurement on %s failed: %s", chash, first.case_id, e)
         return
-    _append(out / COSTS_FILE, [row])
+    append_rows(out / COSTS_FILE, [row])

@@ -419,9 +419,9 @@ def run_study(study: StudyConfig, out_dir: str | os.PathLike[str] | None = None,
               on_case: Any = None, train_progress: Any = None,
               on_stage: Any = None, save_overlays: bool = True) -> dict[str, Any]:
     """Train what the paradigms need, evaluate every job, write the report; returns the
-    summary (:func:`autoprompt_seg.bench.report.write_outputs`)."""
+    summary (:func:`autoprompt_seg.bench.outputs.write_outputs`)."""
     from .datasets import get_cases
-    from .report import write_outputs
+    from .outputs import write_outputs
     from .runner import BenchConfig, run_bench
 
     out = Path(out_dir or study.out or "bench-out")

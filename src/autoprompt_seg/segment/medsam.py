@@ -680,7 +680,7 @@ class MedSAMSegmenter:
 
 def save_embedding(path: Path, arr: npt.NDArray[Any]) -> None:
     """Atomic ``np.save`` (a crash never leaves a half-written cache file)."""
-    from ..train.core import atomic_write_bytes
+    from ..io.atomic import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, lambda f: np.save(f, np.ascontiguousarray(arr)))

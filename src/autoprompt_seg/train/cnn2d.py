@@ -74,6 +74,7 @@ import numpy as np
 from ..bench.datasets import Case
 from ..config import Settings, resolve_device
 from ..errors import BackendError, ConfigError
+from ..models.cnn2d import checkpoint as cnn2d_ck
 from ..segment import slicewise
 from .core import RunDir, TrainConfig, TrainProgress, TrainResult, seed_everything
 from .data import (
@@ -123,8 +124,8 @@ def initial_net(cfg: TrainConfig, init_checkpoint: str | Path | None = None
     seed_everything(cfg.seed)
     start: dict[str, Any] = {"init": "random", "seed": cfg.seed}
     if init_checkpoint is not None:
-        ck = slicewise.read_checkpoint(init_checkpoint, cfg.model)
-        if "arch" in o and slicewise.normalise_arch(cfg.model, o["arch"]) != ck.arch:
+        ck = cnn2d_ck.read_checkpoint(init_checkpoint, cfg.model)
+        if "arch" in o and cnn2d_ck.normalise_arch(cfg.model, o["arch"]) != ck.arch:
             raise ConfigError(f"Option 'arch' {o['arch']!r} differs from the architecture "
                               f"{ck.arch} of the init checkpoint {str(ck.path)!r}")
         arch = ck.arch
@@ -132,21 +133,21 @@ def initial_net(cfg: TrainConfig, init_checkpoint: str | Path | None = None
         if ck.image_size != cfg.image_size:
             log.warning("init checkpoint %s was trained at %d px; fine-tuning at %d px",
                         ck.path, ck.image_size, cfg.image_size)
-        net = slicewise.load_net(ck)
+        net = cnn2d_ck.load_net(ck)
         from ..weights import sha256_file
 
         start = {"init": "checkpoint", "file": str(ck.path), "sha256": sha256_file(ck.path)}
     else:
-        arch = slicewise.normalise_arch(cfg.model, o.get("arch"))
+        arch = cnn2d_ck.normalise_arch(cfg.model, o.get("arch"))
         window = parse_window(o["window"]) if "window" in o else DEFAULT_WINDOW
-        net = slicewise.build_net(cfg.model, arch)
+        net = cnn2d_ck.build_net(cfg.model, arch)
         bw = o.get("backbone_weights")
         if bw is not None:
-            from ..segment.deeplab import load_backbone_weights
+            from ..models.cnn2d.deeplab import load_backbone_weights
 
             sha = load_backbone_weights(net, bw)
             start = {"init": "backbone", "file": str(bw), "sha256": sha, "seed": cfg.seed}
-    slicewise.check_image_size(cfg.model, arch, cfg.image_size)
+    cnn2d_ck.check_image_size(cfg.model, arch, cfg.image_size)
     return net, arch, window, start
 
 
@@ -165,7 +166,7 @@ def train(cfg: TrainConfig, cases: Sequence[Case], run: RunDir, *, settings: Set
     from monai.losses import DiceCELoss
     from torch.optim.swa_utils import update_bn
 
-    slicewise.check_model(cfg.model)
+    cnn2d_ck.check_model(cfg.model)
     o = _options(cfg)
     if cfg.model == "deeplabv3" and cfg.batch_size < 2:
         raise ConfigError(f"Argument 'batch_size' must be >= 2 for deeplabv3 (its ASPP "
@@ -252,7 +253,7 @@ def train(cfg: TrainConfig, cases: Sequence[Case], run: RunDir, *, settings: Set
     else:  # resumed after the last epoch's state was saved
         rows = [r for r in run.losses() if r.get("kind") == "epoch"]
         final_loss = float(rows[-1]["loss"]) if rows else float("nan")
-    ck = slicewise.checkpoint_dict(cfg.model, arch, window, cfg.image_size, net.state_dict())
+    ck = cnn2d_ck.checkpoint_dict(cfg.model, arch, window, cfg.image_size, net.state_dict())
     extra = {"arch": arch, "preprocess": ck["preprocess"], "start": start_from,
              "bn_batches": bn_batches if has_batch_norm(net) else 0,
              "device": device, "steps_per_epoch": steps,

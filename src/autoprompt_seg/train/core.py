@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import ConfigError
+from ..io.atomic import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -124,25 +124,6 @@ def data_hash(cases: Sequence[Any]) -> str:
     and source paths (the data are not read)."""
     items = sorted((c.case_id, c.patient_id, str(getattr(c, "source", ""))) for c in cases)
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:12]
-
-
-def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    """Write ``path`` through ``write(binary file)`` atomically: a temporary file in the
-    same folder, fsynced, then renamed (a crash never leaves a half-written file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 class RunDir:
