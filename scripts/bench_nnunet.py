@@ -97,7 +97,7 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
-    from autoprompt_seg.nnunet_model import load_model, quiet_stdout
+    from autoprompt_seg.models.nnunet.model import load_model, quiet_stdout
 
     model = load_model(settings)
     p = model.predictor
@@ -155,7 +155,7 @@ def main() -> int:
         print("ROW " + json.dumps(child(json.loads(a.child))), flush=True)
         return 0
     from autoprompt_seg.config import default_cache_dir
-    from autoprompt_seg.detector_train import plan_from_fingerprint, random_model_folder
+    from autoprompt_seg.models.nnunet.train import plan_from_fingerprint, random_model_folder
 
     work = a.workdir or Path(tempfile.mkdtemp(prefix="bench_nnunet_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -58,15 +58,15 @@ def main() -> int:
     torch.set_num_threads(a.threads)
     from autoprompt_seg.config import Settings
     from autoprompt_seg.detect.nnunet import boxes_from_probabilities
-    from autoprompt_seg.detector_train import plan_from_fingerprint, random_model_folder
     from autoprompt_seg.models.nnunet.fullscan import FullscanDetector, crop_volume, lung_crop
     from autoprompt_seg.models.nnunet.install import InstallChoices, add_nnunet
-    from autoprompt_seg.nnunet_model import (
+    from autoprompt_seg.models.nnunet.model import (
         canonical_spacing,
         quiet_stdout,
         to_canonical,
         torch_threads,
     )
+    from autoprompt_seg.models.nnunet.train import plan_from_fingerprint, random_model_folder
     from autoprompt_seg.synthetic import synthetic_chest
     from autoprompt_seg.types import Volume
 

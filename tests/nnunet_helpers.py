@@ -103,7 +103,7 @@ def write_msd_dataset(root: Path, seeds: list[int]) -> Path:
 def random_tiny_model(out: Path, seed: int = 0, foreground_bias: float = 0.0,
                       fold: int | str = 0) -> Path:
     """A random-weight model folder with the tiny plans."""
-    from autoprompt_seg.detector_train import random_model_folder
+    from autoprompt_seg.models.nnunet.train import random_model_folder
 
     return random_model_folder(out, copy.deepcopy(TINY_PLANS), "3d_detector",
                                dict(DATASET_JSON), seed=seed, fold=fold,

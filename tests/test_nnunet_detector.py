@@ -15,7 +15,7 @@ import pytest
 from autoprompt_seg.config import Settings
 from autoprompt_seg.detect.nnunet import boxes_from_probabilities
 from autoprompt_seg.errors import ConfigError, UnavailableError
-from autoprompt_seg.nnunet_model import (
+from autoprompt_seg.models.nnunet.model import (
     NnunetOptions,
     canonical_axes,
     from_canonical,
@@ -334,7 +334,7 @@ def test_predict_path_end_to_end_with_test_weights(random_model, medsam2_checkpo
 def test_convert_dicom_rtstruct_study(pycerr_root, tmp_path):
     import SimpleITK as sitk
 
-    from autoprompt_seg.detector_train import convert_dataset
+    from autoprompt_seg.models.nnunet.train import convert_dataset
 
     src = tmp_path / "studies"
     src.mkdir()
@@ -356,11 +356,11 @@ def test_convert_dicom_rtstruct_study(pycerr_root, tmp_path):
 @pytest.fixture(scope="session")
 def trained_detector(tmp_path_factory) -> Path:
     """Train a tiny detector once per session on six seeded synthetic chests (CPU)."""
-    from autoprompt_seg.detector_train import TrainConfig, train_detector
+    from autoprompt_seg.models.nnunet.train import DetectorTrainConfig, train_detector
 
     root = tmp_path_factory.mktemp("nnunet_train")
     data = write_msd_dataset(root / "Task06_Lung", seeds=[0, 1, 2, 3, 4, 5])
-    res = train_detector(TrainConfig(
+    res = train_detector(DetectorTrainConfig(
         data=data, out=root / "model", epochs=10, iterations_per_epoch=20, val_iterations=1,
         target_spacing_mm=TINY_SPACING[0], device="cpu", threads=2, base_features=8,
         max_features=64, max_stages=4, initial_lr=0.05, augment=False, register=True,
@@ -414,7 +414,7 @@ def test_cli_detector_train_reports_bad_data_with_exit_codes(tmp_path):
     r = CliRunner().invoke(main, ["detector", "train", str(empty), "--out", str(tmp_path / "m"),
                                   "--target-spacing", "50"])
     assert r.exit_code == 2 and "target-spacing" in r.output
-    from autoprompt_seg.detector_train import TrainConfig
+    from autoprompt_seg.models.nnunet.train import DetectorTrainConfig
 
     with pytest.raises(ConfigError, match="initial_lr"):
-        TrainConfig(data=empty, out=tmp_path / "m", initial_lr=0.0)
+        DetectorTrainConfig(data=empty, out=tmp_path / "m", initial_lr=0.0)

@@ -42,7 +42,7 @@ CAVITY_LABELS = {"background": 0, "abdominal_cavity": 1, "thoracic_cavity": 2,
 def _model_folder(out: Path, labels: dict[str, int], winner: int, trainer: str,
                   mirror: Any = (0, 1, 2), seed: int = 0) -> Path:
     """A random tiny model folder whose label ``winner`` wins everywhere."""
-    from autoprompt_seg.detector_train import random_model_folder
+    from autoprompt_seg.models.nnunet.train import random_model_folder
 
     ds = {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 6,
           "file_ending": ".nii.gz"}

@@ -1,7 +1,7 @@
 """``autoseg detector ...``: train the lightweight nnU-Net v2 tumour detector.
 
 Registered by ``cli/app.py`` with ``main.add_command(detector)``. A thin layer over
-:mod:`autoprompt_seg.detector_train`; library errors map to their exit codes.
+:mod:`autoprompt_seg.models.nnunet.train`; library errors map to their exit codes.
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ def train(data: Path, out: Path, epochs: int, iterations: int, target_spacing: f
     Example:
       autoseg detector train /data/Task06_Lung --out models/det --epochs 100 --register
     """
-    from ..detector_train import TrainConfig, train_detector
+    from ..models.nnunet.train import DetectorTrainConfig, train_detector
 
-    cfg = TrainConfig(data=data, out=out, epochs=epochs, iterations_per_epoch=iterations,
+    cfg = DetectorTrainConfig(data=data, out=out, epochs=epochs, iterations_per_epoch=iterations,
                       target_spacing_mm=target_spacing, roi_name=roi_name, device=device,
                       threads=threads, base_features=base_features,
                       max_features=max(base_features, 8 * base_features),

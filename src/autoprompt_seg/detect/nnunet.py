@@ -1,7 +1,7 @@
 """The ``nnunet`` detector: a (lightweight) nnU-Net v2 model proposes one box per tumour.
 
 The model folder, configuration, folds and TTA come from ``Settings.options["nnunet"]``
-(see :mod:`autoprompt_seg.nnunet_model`); threads follow ``Settings.threads`` and the device
+(see :mod:`autoprompt_seg.models.nnunet.model`); threads follow ``Settings.threads`` and the device
 ``Settings.device``. Mirroring TTA is off by default (``{"tta": true}`` switches it on,
 8x the cost of a 3-D model).
 
@@ -136,13 +136,13 @@ class NnunetDetector:
     """Finds tumours with an nnU-Net v2 model and boxes them (module docstring)."""
 
     def __init__(self, settings: Settings) -> None:
-        from ..nnunet_model import NnunetOptions, load_model
+        from ..models.nnunet.model import NnunetOptions, load_model
 
         self.opts = NnunetOptions.from_settings(settings)
         self.model = load_model(settings, self.opts)
 
     def info(self) -> BackendInfo:
-        from ..nnunet_model import nnunet_version
+        from ..models.nnunet.model import nnunet_version
 
         d = self.model.details()
         d.update(threshold=self.opts.threshold, min_volume_ml=self.opts.min_volume_ml,

@@ -1,7 +1,7 @@
 """The ``nnunet`` segmenter: nnU-Net v2's own mask as a complete segmentation (the baseline).
 
 nnU-Net needs no prompt: it segments the whole volume once (same model loading as the
-``nnunet`` detector, :mod:`autoprompt_seg.nnunet_model`; one network pass is shared when both
+``nnunet`` detector, :mod:`autoprompt_seg.models.nnunet.model`; one network pass is shared when both
 run on the same volume). As a :class:`~autoprompt_seg.backends.Segmenter` it **ignores the
 prompt's shape and key slice** and only uses each box to pick which part of nnU-Net's mask
 belongs to which lesion (:func:`autoprompt_seg.segment.slicewise.assign_components`,
@@ -44,13 +44,13 @@ class NnunetSegmenter:
     promptable = False
 
     def __init__(self, settings: Settings) -> None:
-        from ..nnunet_model import NnunetOptions, load_model
+        from ..models.nnunet.model import NnunetOptions, load_model
 
         self.opts = NnunetOptions.from_settings(settings)
         self.model = load_model(settings, self.opts)
 
     def info(self) -> BackendInfo:
-        from ..nnunet_model import nnunet_version
+        from ..models.nnunet.model import nnunet_version
 
         d = self.model.details()
         d.update(prompt="ignored: nnU-Net's mask components overlapping each box",

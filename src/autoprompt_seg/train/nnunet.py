@@ -1,7 +1,7 @@
 """nnU-Net v2 training for the benchmark's paradigms: nnU-Net's own planner and trainer.
 
 The cases are written in the MSD Task06 layout (``RUN/data/imagesTr``, ``labelsTr``,
-NIfTI, the CT's geometry) and handed to :func:`autoprompt_seg.detector_train.
+NIfTI, the CT's geometry) and handed to :func:`autoprompt_seg.models.nnunet.train.
 train_detector`, the detector issue's recipe: conversion to nnU-Net's raw format,
 nnU-Net's ``ExperimentPlanner`` subclass, preprocessing, ``nnUNetTrainer`` subclass, export
 of a model folder that stock ``nnUNetv2_predict`` loads. The result is the model folder
@@ -76,8 +76,8 @@ def write_msd_layout(cases: Sequence[Any], root: Path) -> list[str]:
 def train(cfg: TrainConfig, cases: Sequence[Any], run: RunDir, *, settings: Settings,
           init_checkpoint: str | None = None, progress: TrainProgress | None = None
           ) -> TrainResult:
-    from ..detector_train import TrainConfig as NnunetTrainConfig
-    from ..detector_train import train_detector
+    from ..models.nnunet.train import DetectorTrainConfig as NnunetTrainConfig
+    from ..models.nnunet.train import train_detector
 
     if init_checkpoint:
         raise ConfigError(f"nnU-Net training starts from scratch; init_checkpoint is not "

@@ -12,7 +12,7 @@ Steps
    cruder than its lobe model, hence the larger default margin. No lungs found: the whole
    volume is used (logged). ``crop = "none"`` runs on the whole volume.
 2. **Inference**: nnU-Net's own preprocessing, sliding window and resampling
-   (:class:`autoprompt_seg.nnunet_model.NnunetModel`), on the cropped sub-volume whose
+   (:class:`autoprompt_seg.models.nnunet.model.NnunetModel`), on the cropped sub-volume whose
    geometry (origin) is that of the crop, so orientation handling is unchanged.
 3. **Boxes**: P(tumour) = the sum of the tumour labels' probabilities (the install's
    ``--tumour-labels``; TotalSegmentator's ``lung_nodules``: label 2), pasted into a
@@ -145,7 +145,7 @@ class FullscanDetector:
         self.last_seconds: dict[str, float] = {}
 
     def info(self) -> BackendInfo:
-        from ...nnunet_model import nnunet_version
+        from .model import nnunet_version
 
         m = self.installed
         d: dict[str, Any] = self.model.details()

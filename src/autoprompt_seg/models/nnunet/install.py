@@ -43,7 +43,7 @@ and the mirroring axes (stored in the checkpoint as ``inference_allowed_mirrorin
 So an unknown trainer is *run as* a stock base class, by this table (first match wins):
 
 1. a trainer that nnunetv2 ships: itself;
-2. :data:`KNOWN_TRAINERS`, trainers read in their authors' source, e.g. TotalSegmentator's
+2. :data:`~.network.KNOWN_TRAINERS`, trainers read in their authors' source, e.g. TotalSegmentator's
    ``nnUNetTrainer_MOSAIC_1k_QuarterLR_NoMirroring`` (a ``nnUNetTrainerNoMirroring`` that
    only sets ``initial_lr``) -> ``nnUNetTrainerNoMirroring``;
 3. a name ending in ``NoMirroring`` -> ``nnUNetTrainerNoMirroring``;
@@ -75,6 +75,7 @@ from typing import Any
 
 from ...config import Settings
 from ...errors import ConfigError, UnavailableError
+from .network import _safe_load, _strict_load, build_network, map_trainer
 
 log = logging.getLogger(__name__)
 
@@ -82,24 +83,6 @@ ARCHITECTURE = "nnunetv2_model_folder"
 CHOICES_FILE = "autoseg_nnunet.json"
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-#: Trainers that nnunetv2 does not ship, read in their authors' source, and the stock
-#: trainer each subclasses (the differences are training-only: learning rate, epochs, loss).
-KNOWN_TRAINERS: dict[str, tuple[str, str]] = {
-    "nnUNetTrainer_MOSAIC_1k_QuarterLR_NoMirroring": (
-        "nnUNetTrainerNoMirroring",
-        "TotalSegmentator custom_trainers.py: subclass of nnUNetTrainerNoMirroring, only "
-        "initial_lr = 2.5e-3"),
-    "nnUNetTrainerDiceTopK10Loss_2000epochs": (
-        "nnUNetTrainerDiceTopK10Loss",
-        "TotalSegmentator custom_trainers.py: subclass of nnUNetTrainerDiceTopK10Loss, only "
-        "num_epochs = 2000"),
-    "nnUNetTrainerSkeletonRecall": (
-        "nnUNetTrainer",
-        "TotalSegmentator custom_trainers.py: subclass of nnUNetTrainer, only the loss and "
-        "the training data loader change"),
-}
-
 
 # ------------------------------------------------------------------------- choices
 
@@ -186,47 +169,6 @@ class InstalledModel:
     def label_names(self, values: Sequence[int]) -> list[str]:
         inv = {v: k for k, v in self.labels.items()}
         return [inv.get(v, str(v)) for v in values]
-
-
-# ------------------------------------------------------------------- trainer mapping
-
-
-def _stock_trainer(name: str) -> type | None:
-    """The nnunetv2 trainer class called ``name`` (None when nnunetv2 ships none)."""
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    from ...nnunet_model import quiet_stdout
-
-    try:
-        with quiet_stdout():
-            cls: type = recursive_find_trainer_class_by_name(name)
-        return cls
-    except (RuntimeError, AssertionError):
-        return None
-
-
-def map_trainer(name: str, override: str | None = None) -> tuple[str, str]:
-    """``(stock base class name, rule)`` for a checkpoint's trainer (module docstring).
-
-    Raises :class:`ConfigError` (78) for an unknown trainer, naming it and ``--trainer-base``.
-    """
-    if override is not None:
-        if _stock_trainer(override) is None:
-            raise ConfigError(f"Argument 'trainer_base' (--trainer-base) must name a trainer "
-                              f"that nnunetv2 ships; got {override!r}")
-        return override, f"--trainer-base {override} (set by the user)"
-    if _stock_trainer(name) is not None:
-        return name, "ships with nnunetv2"
-    if name in KNOWN_TRAINERS:
-        base, why = KNOWN_TRAINERS[name]
-        return base, why
-    if name.endswith("NoMirroring"):
-        return "nnUNetTrainerNoMirroring", "name ends in NoMirroring"
-    raise ConfigError(
-        f"nnU-Net trainer {name!r} is not shipped with nnunetv2 and is not in autoseg's table "
-        f"of known custom trainers (TotalSegmentator's, and names ending in NoMirroring); "
-        f"give the stock trainer it subclasses with --trainer-base (e.g. --trainer-base "
-        f"nnUNetTrainer) if it only changes training, not the network")
 
 
 # -------------------------------------------------------------------------- sources
@@ -346,70 +288,6 @@ def _labels(dataset: Mapping[str, Any], where: str) -> dict[str, int]:
                               "(labels given as lists) are not supported")
         out[str(k)] = int(v)
     return out
-
-
-def _safe_load(data: bytes | Path, what: str) -> dict[str, Any]:
-    """A checkpoint read with ``weights_only=True`` (nnU-Net's numpy scalars allowed)."""
-    import io
-
-    import numpy as np
-    import torch
-
-    core = getattr(np, "_core", None) or np.core
-    safe: list[Any] = [core.multiarray.scalar, np.dtype]
-    safe += [getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType")
-             if hasattr(np, "dtypes") and hasattr(np.dtypes, n)]
-    src: Any = io.BytesIO(data) if isinstance(data, bytes) else data
-    try:
-        with torch.serialization.safe_globals(safe):
-            obj = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - many failure types for damaged or unsafe files
-        raise UnavailableError(f"nnU-Net checkpoint {what} cannot be read safely "
-                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-    if not isinstance(obj, dict):
-        raise UnavailableError(f"nnU-Net checkpoint {what} is not a checkpoint dict")
-    for key in ("network_weights", "trainer_name", "init_args",
-                "inference_allowed_mirroring_axes"):
-        if key not in obj:
-            raise ConfigError(f"nnU-Net checkpoint {what} has no {key!r}")
-    return obj
-
-
-def build_network(plans: dict[str, Any], dataset: dict[str, Any], configuration: str,
-                  trainer_base: str) -> Any:
-    """The network that ``trainer_base`` builds from ``plans`` (nnunetv2's own code)."""
-    import inspect
-
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    cls = _stock_trainer(trainer_base)
-    if cls is None:
-        raise ConfigError(f"trainer base {trainer_base!r} is not shipped with nnunetv2")
-    pm = PlansManager(plans)
-    if configuration not in plans.get("configurations", {}):
-        raise ConfigError(f"plans.json has no configuration {configuration!r}; it has "
-                          f"{', '.join(plans.get('configurations', {}))}")
-    cm = pm.get_configuration(configuration)
-    n_in = determine_num_input_channels(pm, cm, dataset)
-    n_out = pm.get_label_manager(dataset).num_segmentation_heads
-    builder: Any = getattr(cls, "build_network_architecture")  # noqa: B009
-    if "plans_manager" in inspect.signature(builder).parameters:
-        return builder(pm, cm, n_in, n_out, enable_deep_supervision=False)
-    return builder(cm.network_arch_class_name, cm.network_arch_init_kwargs,
-                   cm.network_arch_init_kwargs_req_import, n_in, n_out,
-                   enable_deep_supervision=False)
-
-
-def _strict_load(net: Any, weights: Mapping[str, Any], what: str, trainer: str,
-                 base: str) -> None:
-    try:
-        net.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        raise ConfigError(f"nnU-Net checkpoint {what} (trainer {trainer!r}) does not load "
-                          f"strictly into the network of {base!r} built from plans.json: "
-                          f"{str(e)[:300]}; the trainer changes the architecture, so it "
-                          "cannot be run as that base (--trainer-base)") from e
 
 
 # ------------------------------------------------------------------------- install
@@ -631,15 +509,15 @@ def read_installed(folder: Path) -> InstalledModel:
 
 def load_installed(name_or_path: str | os.PathLike[str], settings: Settings, *,
                    tta: bool = False, tile_step_size: float = 0.5) -> Any:
-    """Load an installed model as an :class:`autoprompt_seg.nnunet_model.NnunetModel`
+    """Load an installed model as an :class:`autoprompt_seg.models.nnunet.model.NnunetModel`
     (same inference code as the ``nnunet`` detector) with nnU-Net's predictor initialised
     by hand: the network of the stock base trainer, the checkpoint's weights (read with
     ``weights_only=True``) and its mirroring axes. No environment variable is read."""
     import torch
 
     from ...config import resolve_device
-    from ...nnunet_model import ModelFolder, NnunetModel, quiet_stdout, torch_threads
     from ...weights import checkpoint_provenance, sha256_file, sha256_path
+    from .model import ModelFolder, NnunetModel, quiet_stdout, torch_threads
 
     folder = resolve(name_or_path, settings.weights_dir)
     model = read_installed(folder)

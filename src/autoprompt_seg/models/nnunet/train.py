@@ -11,7 +11,7 @@ Steps (:func:`train_detector`):
      a CT series and an RTSTRUCT (ROI ``roi_name``, default ``GTV-1``) or a DICOM-SEG ground
      truth.
 
-   Every image is written in the canonical layout of :mod:`autoprompt_seg.nnunet_model`
+   Every image is written in the canonical layout of :mod:`autoprompt_seg.models.nnunet.model`
    (axis permutations and flips only), so the model sees training and inference volumes
    laid out the same way.
 2. **Plan** with nnU-Net's own planner and plans mechanism: :class:`AutosegDetectorPlanner`
@@ -39,7 +39,7 @@ Steps (:func:`train_detector`):
 Environment variables: nnU-Net's planning, preprocessing and training code reads
 ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` from the environment (there is
 no other way to give it these paths). So steps 2-3 run in a **subprocess**
-(``python -m autoprompt_seg.detector_train --worker JOB.json``) whose ``env`` holds them
+(``python -m autoprompt_seg.models.nnunet.train --worker JOB.json``) whose ``env`` holds them
 (plus ``nnUNet_n_proc_DA`` and ``nnUNet_compile``); this process never writes
 ``os.environ``. The subprocess' output goes to ``WORK/nnunet_train.log``.
 """
@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendError, ConfigError, InputError, UnavailableError
+from ...errors import BackendError, ConfigError, InputError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ TRAINING_JSON = "autoseg_training.json"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class DetectorTrainConfig:
     """Everything :func:`train_detector` needs; validated on creation (:class:`ConfigError`)."""
 
     data: Path
@@ -144,7 +144,7 @@ def _write_case(raw: Path, case: str, hu: np.ndarray, labels: np.ndarray,
                 spacing: tuple[float, float, float], direction: np.ndarray) -> None:
     import SimpleITK as sitk
 
-    from .nnunet_model import canonical_spacing, to_canonical
+    from .model import canonical_spacing, to_canonical
 
     img_a = np.ascontiguousarray(to_canonical(hu.astype(np.float32), direction))
     lab_a = np.ascontiguousarray(to_canonical((labels > 0).astype(np.uint8), direction))
@@ -198,7 +198,7 @@ def convert_dataset(data: Path, raw: Path, roi_name: str = "GTV-1") -> int:
     if _is_msd(data):
         import SimpleITK as sitk
 
-        from .io.image import load_image
+        from ...io.image import load_image
 
         for img_path in sorted((data / "imagesTr").glob("*.nii*")):
             if img_path.name.startswith("."):
@@ -216,9 +216,9 @@ def convert_dataset(data: Path, raw: Path, roi_name: str = "GTV-1") -> int:
             _write_case(raw, f"lung_{n:04d}", vol.array, lab, vol.spacing, vol.direction)
             n += 1
     else:
-        from .io.dicom import load_study
-        from .io.groundtruth import mask_from_ground_truth
-        from .io.rtstruct import find_rtstruct
+        from ...io.dicom import load_study
+        from ...io.groundtruth import mask_from_ground_truth
+        from ...io.rtstruct import find_rtstruct
 
         studies = [data] if _has_dicom(data) else sorted(p for p in data.iterdir() if p.is_dir())
         for study in studies:
@@ -378,11 +378,11 @@ def _worker(job_path: Path) -> None:
 # -------------------------------------------------------------------------- the recipe
 
 
-def _export(results_model: Path, out: Path, cfg: TrainConfig, n_cases: int,
+def _export(results_model: Path, out: Path, cfg: DetectorTrainConfig, n_cases: int,
             seconds: float) -> tuple[Path, str, str, dict[str, Any]]:
     import torch
 
-    from .weights import sha256_file, sha256_path
+    from ...weights import sha256_file, sha256_path
 
     src_ckpt = results_model / f"fold_{FOLD}" / "checkpoint_final.pth"
     if not src_ckpt.is_file():
@@ -416,9 +416,9 @@ def _export(results_model: Path, out: Path, cfg: TrainConfig, n_cases: int,
     return dest, ck_sha, sha256_path(out), summary
 
 
-def train_detector(cfg: TrainConfig) -> TrainResult:
+def train_detector(cfg: DetectorTrainConfig) -> TrainResult:
     """Convert, plan, preprocess, train, export and (optionally) register a detector."""
-    from .config import resolve_device
+    from ...config import resolve_device
 
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -452,7 +452,7 @@ def train_detector(cfg: TrainConfig) -> TrainResult:
     if cfg.threads:
         env["OMP_NUM_THREADS"] = str(cfg.threads)
     log_path = work / "nnunet_train.log"
-    cmd = [sys.executable, "-m", "autoprompt_seg.detector_train", "--worker", str(job_path)]
+    cmd = [sys.executable, "-m", "autoprompt_seg.models.nnunet.train", "--worker", str(job_path)]
     log.info("training nnU-Net detector: %d case(s), %d epoch(s) x %d iteration(s) on %s; "
              "log %s", n, cfg.epochs, cfg.iterations_per_epoch, device, log_path)
     with open(log_path, "w") as lf:
@@ -466,9 +466,9 @@ def train_detector(cfg: TrainConfig) -> TrainResult:
     ckpt, ck_sha, folder_sha, summary = _export(model_src, out, cfg, n, secs)
     registered = False
     if cfg.register:
-        from .config import default_weights_dir
-        from .nnunet_model import WEIGHTS_NAME
-        from .weights import add_weights
+        from ...config import default_weights_dir
+        from ...weights import add_weights
+        from .model import WEIGHTS_NAME
 
         add_weights(out, WEIGHTS_NAME, cfg.weights_dir or default_weights_dir(),
                     source=f"autoseg detector train {cfg.data}")
@@ -547,7 +547,7 @@ def plan_from_fingerprint(spacings_zyx: list[list[float]], shapes_zyx: list[list
         env = dict(os.environ)
         env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
                    nnUNet_results=str(root / "res"), nnUNet_n_proc_DA="1")
-        proc = subprocess.run([sys.executable, "-m", "autoprompt_seg.detector_train", "--plan",
+        proc = subprocess.run([sys.executable, "-m", "autoprompt_seg.models.nnunet.train", "--plan",
                                str(root / "job.json")], env=env, capture_output=True,
                               text=True, cwd=root)
         if proc.returncode != 0:
@@ -604,7 +604,7 @@ def _main(argv: list[str]) -> int:
                 raise UnavailableError(f"the training worker needs {var} in its environment")
         _worker(Path(argv[1]))
         return 0
-    sys.stderr.write("internal entry point: python -m autoprompt_seg.detector_train "
+    sys.stderr.write("internal entry point: python -m autoprompt_seg.models.nnunet.train "
                      "--worker JOB.json (use `autoseg detector train`)\n")
     return 64
 

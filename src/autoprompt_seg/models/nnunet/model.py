@@ -34,7 +34,7 @@ orientation step below.
 Orientation
 -----------
 nnU-Net does not reorient images: a model only works on arrays laid out like its training
-data. Both :mod:`autoprompt_seg.detector_train` (when it writes training images) and this
+data. Both :mod:`autoprompt_seg.models.nnunet.train` (when it writes training images) and this
 module (at inference) therefore put every volume in one *canonical* layout by axis
 permutation and flips only (no interpolation): array axes ``(z, y, x)`` pointing as close as
 possible to LPS ``(S, P, L)``, i.e. a plain axial DICOM series as loaded. Results are mapped
@@ -61,9 +61,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .config import Settings, resolve_device
-from .errors import BackendError, ConfigError, UnavailableError
-from .types import Volume
+from ...config import Settings, resolve_device
+from ...errors import BackendError, ConfigError, UnavailableError
+from ...types import Volume
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class ModelFolder:
 
 def default_model_dir(settings: Settings) -> Path:
     """Where the manifest entry ``nnunet_lung_detector`` lives in the weights folder."""
-    from .weights import load_manifest
+    from ...weights import load_manifest
 
     entry = load_manifest().get(WEIGHTS_NAME)
     name = entry.file if entry is not None else WEIGHTS_NAME
@@ -541,7 +541,7 @@ def load_model(settings: Settings, opts: NnunetOptions | None = None) -> NnunetM
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from .weights import load_manifest, resolve, sha256_file
+    from ...weights import load_manifest, resolve, sha256_file
 
     dev = torch.device(device)
     with torch_threads(settings.threads), quiet_stdout():
