@@ -22,7 +22,7 @@ resampling of the logits back to the crop's grid (on zero logits of the right sh
 boxes; with ``--full`` also the whole detector end to end. Extrapolated (labelled so): the sliding window = patches x time per patch; total =
 the sum. The whole-volume (no crop) patch count is given for comparison.
 
-Usage: ``.venv/bin/python scripts/bench_nnunet_fullscan.py --threads 2 [--patches 3] [--full]``
+Usage: ``.venv/bin/python scripts/bench_nnunet_fullscan.py --threads 2 [--patches 3] [--full] [--device cuda]``
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (scripts/gpu_check.sh)")
     ap.add_argument("--patches", type=int, default=3)
     ap.add_argument("--fp-shape", default="200,230,230")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -70,7 +71,8 @@ def main() -> int:
     from autoprompt_seg.synthetic import synthetic_chest
     from autoprompt_seg.types import Volume
 
-    row: dict[str, Any] = {"threads": a.threads, "weights": "random (cost only)"}
+    row: dict[str, Any] = {"threads": a.threads, "device": a.device,
+                           "weights": "random (cost only)"}
     work = a.workdir or Path(tempfile.mkdtemp(prefix="bench_fullscan_"))
     work.mkdir(parents=True, exist_ok=True)
     shape = [int(v) for v in a.fp_shape.split(",")]
@@ -100,7 +102,7 @@ def main() -> int:
     vol = Volume(array=c.hu, spacing=c.spacing, origin=(0.0, 0.0, 0.0), direction=np.eye(3),
                  source_format="synthetic")
     row.update(input_shape_zyx=list(vol.shape), input_spacing_zyx=list(vol.spacing))
-    settings = Settings(device="cpu", threads=a.threads, weights_dir=wdir,
+    settings = Settings(device=a.device, threads=a.threads, weights_dir=wdir,
                         options={"nnunet_fullscan": {"model": "bench_lung_nodules"}})
     t0 = time.perf_counter()
     det = FullscanDetector(settings)
@@ -147,15 +149,17 @@ def main() -> int:
     padded, _ = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
     slicers = p._internal_get_sliding_window_slicers(padded.shape[1:])
     gauss = compute_gaussian(tuple(patch), sigma_scale=1.0 / 8, value_scaling_factor=10,
-                             device=torch.device("cpu"))
-    net = p.network.to("cpu").eval()
+                             device=torch.device(a.device))
+    net = p.network.to(a.device).eval()
     times = []
     with torch.inference_mode():
         idx = np.linspace(0, len(slicers) - 1, a.patches).round().astype(int)
         for i in idx:
-            x = torch.as_tensor(padded[slicers[i]][None]).float()
+            x = torch.as_tensor(padded[slicers[i]][None]).float().to(a.device)
             t0 = time.perf_counter()
             y = net(x)[0] * gauss
+            if a.device.startswith("cuda"):
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
             del y
     per = float(np.median(times))

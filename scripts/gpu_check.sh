@@ -45,4 +45,10 @@ PY
 echo "monai_retinanet, RANDOM weights (cost only, no accuracy):"
 timeout 240 "$PY" scripts/bench_retinanet.py --device cuda --json "$OUT/retinanet_cuda.json" \
     | tee "$OUT/retinanet_cuda.txt" || echo "monai_retinanet CUDA row: failed or timed out"
+# 4) nnunet_fullscan detector (a 1.5 mm full-resolution nnU-Net on the lung crop, the shape of
+#    TotalSegmentator lung_nodules), RANDOM weights, FOR COST ONLY: 512x512x300 synthetic chest.
+echo "nnunet_fullscan, RANDOM weights (cost only, no accuracy):"
+timeout 240 "$PY" scripts/bench_nnunet_fullscan.py --device cuda --full \
+    --json "$OUT/fullscan_cuda.json" | tee "$OUT/fullscan_cuda.txt" \
+    || echo "nnunet_fullscan CUDA row: failed or timed out"
 echo "total $(( $(date +%s) - START )) s"
