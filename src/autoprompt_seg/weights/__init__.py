@@ -19,6 +19,9 @@ Provenance: three states, decided from the file's sha256 each time a model is lo
 
 A file whose sha256 contradicts a pinned manifest sha256 is refused.
 
+The download (``weights fetch``) is in :mod:`.download`; the backends' checkpoint resolver
+(:func:`resolve`) in :mod:`.resolver`; both are importable from here.
+
 Errors (exit codes of :mod:`autoprompt_seg.errors`):
 
 * 69 :class:`UnavailableError` -- the file is missing, truncated or corrupt, its sha256
@@ -37,14 +40,13 @@ import os
 import shutil
 import tempfile
 import tomllib
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, UnavailableError
+from ..errors import ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ class WeightsEntry:
 
 
 def manifest_text() -> str:
-    return resources.files(__package__).joinpath(MANIFEST_FILE).read_text(encoding="utf-8")
+    return resources.files("autoprompt_seg").joinpath(MANIFEST_FILE).read_text(encoding="utf-8")
 
 
 def load_manifest() -> dict[str, WeightsEntry]:
@@ -271,90 +273,6 @@ def checkpoint_provenance(sha256: str, architecture: str, weights_dir: Path | No
                             "installed (%s): it changed, and is reported as an %s", path,
                             sha[:16], rec.sha256[:16], UNKNOWN)
     return Provenance(UNKNOWN, "", UNKNOWN)
-
-
-# --------------------------------------------------------------------------- resolver
-
-#: The provenance state of a checkpoint with a valid training record beside it.
-TRAINED_HERE = "trained here"
-
-
-@dataclass(frozen=True)
-class CheckpointChoice:
-    """The checkpoint a backend loads, and what is known about it (:func:`resolve`)."""
-
-    path: Path
-    name: str  # the manifest (or installed) name when known, else the file name
-    sha256: str
-    trained: bool  # not an unknown file: a pinned release, an official download, a user
-    #              # pin (checkpoint_provenance) or trained here (training record)
-    provenance: str = UNKNOWN  # one line for report.json and the SEG
-    state: str = UNKNOWN  # PINNED | OFFICIAL | USER_PIN | TRAINED_HERE | UNKNOWN
-    record: Mapping[str, Any] | None = None  # the training record, when trained here
-
-    @property
-    def training(self) -> Mapping[str, Any] | None:
-        """The training record (another name for :attr:`record`)."""
-        return self.record
-
-
-def training_provenance(record: Mapping[str, Any], model: str) -> str:
-    """``"trained here: MODEL, N case(s), E epoch(s), data <hash>"`` for a training record
-    written by :mod:`autoprompt_seg.train`."""
-    n = record.get("n_cases", len(record.get("cases", []) or []))
-    return (f"trained here: {record.get('model', model)}, {n} case(s), "
-            f"{record.get('epochs', '?')} epoch(s), data {record.get('data_hash', '?')}")
-
-
-def resolve(architecture: str, ref: str | os.PathLike[str], weights_dir: Path | None, *,
-            model: str, option: str, label: str = "", add_file: str | None = None,
-            add_hint: str = "", training_records: bool = True, record_model: str | None = None
-            ) -> CheckpointChoice:
-    """The one checkpoint resolver of the backends: find ``ref`` (a file or folder path, or
-    a manifest name installed in ``weights_dir``) and decide its provenance.
-
-    Its sha256 decides first (:func:`checkpoint_provenance`): a pinned release, an official
-    download (hash not pinned) or a user pin count as trained; else (``training_records``)
-    a valid training record beside it (:func:`training_record`; of ``record_model`` when
-    given) makes it *trained here*, never a release; else it is an untrained test
-    checkpoint. ``model`` names the backend in the texts, ``option`` the option that gave
-    ``ref``, ``label`` the weights in the not-installed error (default ``model``) and
-    ``add_file`` the file that error tells to ``weights add`` (default the manifest's) and
-    ``add_hint`` what it says after.
-    """
-    manifest = load_manifest()
-    ref = str(ref)
-    p = Path(ref).expanduser()
-    if ref in manifest and not p.exists():
-        entry = manifest[ref]
-        if entry.architecture != architecture:
-            raise ConfigError(f"Option '{option}' names {ref!r}, a {entry.architecture} "
-                              f"checkpoint; {model} needs {architecture}")
-        found = installed_path(ref, weights_dir) if weights_dir is not None else None
-        if found is None:
-            raise UnavailableError(
-                f"{label or model} weights {ref!r} ({entry.file}) are not installed in "
-                f"{weights_dir}: run `autoseg weights fetch {ref}` or "
-                f"`autoseg weights add {add_file or entry.file} --name {ref}`{add_hint}")
-        p = found
-    elif not p.exists():
-        names = ", ".join(k for k, e in manifest.items() if e.architecture == architecture)
-        raise UnavailableError(f"Option '{option}' must be a known weights name ({names}) or "
-                               f"an existing file; got {ref!r}")
-    sha = sha256_path(p)
-    prov = checkpoint_provenance(sha, architecture, weights_dir, manifest=manifest, path=p)
-    fallback = ref if ref in manifest else p.name
-    if prov.state != UNKNOWN:
-        return CheckpointChoice(p, prov.name or fallback, sha, True, prov.text, prov.state)
-    rec = training_record(p) if training_records else None
-    if rec is not None and record_model is not None and rec.get("model") != record_model:
-        log.warning("%s: its training record is of model %r, not %s; ignored", p,
-                    rec.get("model"), record_model)
-        rec = None
-    if rec is not None:
-        return CheckpointChoice(p, fallback, sha, True, training_provenance(rec, model),
-                                TRAINED_HERE, rec)
-    return CheckpointChoice(p, fallback, sha, False)
 
 
 def _with_installed_extras(manifest: Mapping[str, WeightsEntry],
@@ -654,211 +572,9 @@ def verify(weights_dir: Path, *, manifest: Mapping[str, WeightsEntry] | None = N
     return out
 
 
-class _Interrupted(Exception):
-    """The body of a download stopped early (closed, stalled past the timeout)."""
-
-
-def _part_paths(wdir: Path, entry: WeightsEntry) -> tuple[Path, Path]:
-    return wdir / f".{entry.file}.part", wdir / f".{entry.file}.part.json"
-
-
-def fetch(name: str, weights_dir: Path, *, timeout: float = FETCH_TIMEOUT_S,
-          manifest: Mapping[str, WeightsEntry] | None = None,
-          progress: ProgressFn | None = None, retries: int = FETCH_RETRIES,
-          chunk: int = 1 << 20) -> InstalledWeights:
-    """Download ``name`` from the manifest's URL, check it and install it atomically.
-
-    * The download goes to ``.FILE.part`` in the weights folder, never to the installed
-      name; an interrupted or stalled transfer keeps it, and the next attempt (up to
-      ``retries`` more in this call, or a later call) resumes it with an HTTP ``Range``
-      request. A server that ignores ``Range`` restarts it from the beginning.
-    * The size (the manifest's ``size``, else the server's ``Content-Length``) and, where
-      the manifest pins one, the sha256 are checked; a mismatch deletes the partial file
-      and raises :class:`UnavailableError` (69).
-    * The file must load strictly into its architecture; it is then moved into place and
-      recorded with origin ``fetch``, the URL and the date: reported as "official download,
-      hash not pinned" (or "pinned release" when the manifest pins its sha256).
-    * Proxies come from the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``).
-    * ``timeout`` seconds bound the connection and every read; no network fails fast
-      with :class:`UnavailableError` naming the URL and the manual alternative.
-
-    ``progress(done_bytes, total_bytes or None)`` is called as data arrives.
-    """
-    manifest = load_manifest() if manifest is None else manifest
-    entry = _entry(name, manifest)
-    if not entry.source:
-        raise UnavailableError(f"weights {name!r} have no download source in the manifest; "
-                               f"install a copy with `autoseg weights add FILE --name {name}`")
-    if not entry.source.startswith(("https://", "http://")):
-        raise ConfigError(f"weights {name!r}: the manifest source must be an http(s) URL; got "
-                          f"{entry.source!r}")
-    if retries < 0:
-        raise ValueError(f"Argument 'retries' must be >= 0; got {retries}")
-    wdir = Path(weights_dir)
-    try:
-        wdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"Argument 'weights_dir': cannot create {str(wdir)!r} ({e})") from e
-    part, meta = _part_paths(wdir, entry)
-    ident = {"url": entry.source, "sha256": entry.sha256, "size": entry.size}
-    try:
-        same = json.loads(meta.read_text()) == ident
-    except (OSError, json.JSONDecodeError):
-        same = False
-    if part.exists() and not same:
-        log.info("%s: a partial download of another source or version; starting afresh", part)
-        part.unlink()
-    meta.write_text(json.dumps(ident))
-    try:
-        return _fetch_into(entry, wdir, part, timeout=timeout, progress=progress,
-                           retries=retries, chunk=chunk)
-    finally:
-        if not part.exists():
-            meta.unlink(missing_ok=True)
-
-
-def _fetch_into(entry: WeightsEntry, wdir: Path, part: Path, *, timeout: float,
-                progress: ProgressFn | None, retries: int, chunk: int) -> InstalledWeights:
-    name = entry.name
-    hint = (f"download {entry.source} on a machine with network access and run "
-            f"`autoseg weights add {entry.file} --name {name}`")
-    attempt = 0
-    while True:
-        try:
-            _download(entry, part, timeout=timeout, progress=progress, chunk=chunk, hint=hint)
-            break
-        except _Interrupted as e:
-            attempt += 1
-            have = part.stat().st_size if part.exists() else 0
-            if attempt > retries:
-                raise UnavailableError(
-                    f"download of {name} from {entry.source} was interrupted ({e}); "
-                    f"{have} bytes are kept in {part}: run `autoseg weights fetch {name}` "
-                    f"again to resume, or {hint}") from e
-            log.warning("download of %s interrupted (%s) after %d bytes; resuming (%d/%d)",
-                        name, e, have, attempt, retries)
-    size = part.stat().st_size
-    if entry.size and size != entry.size:
-        part.unlink()
-        raise UnavailableError(f"download of {name} from {entry.source} has {size} bytes; the "
-                               f"manifest says {entry.size}: the partial file is deleted")
-    sha = sha256_file(part)
-    if entry.sha256 and sha != entry.sha256:
-        part.unlink()
-        raise UnavailableError(f"download of {name} from {entry.source} has sha256 {sha}; the "
-                               f"manifest pins {entry.sha256}: the file is deleted, nothing "
-                               "was installed")
-    if entry.architecture == "nnunetv2_model_folder" and zipfile.is_zipfile(part):
-        # an nnU-Net model zip (e.g. TotalSegmentator's): checked and installed by add-nnunet
-        add_nnunet = _import_string(NNUNET_ZIP_INSTALLER)
-        try:
-            rec: InstalledWeights = add_nnunet(part, name, wdir, origin="fetch",
-                                               source_text=entry.source)
-        finally:
-            part.unlink(missing_ok=True)
-        return rec
-    try:
-        check_fits(part, entry.architecture)
-    except (ConfigError, UnavailableError):
-        part.unlink()
-        raise
-    return _install(part, entry, sha, wdir, origin="fetch", source=entry.source, move=True)
-
-
-def _download(entry: WeightsEntry, part: Path, *, timeout: float,
-              progress: ProgressFn | None, chunk: int, hint: str) -> None:
-    """One request: append to ``part`` from its current size (HTTP Range) to the end.
-
-    Raises :class:`_Interrupted` when the body stops early (resumable) and
-    :class:`UnavailableError` for everything that a retry would not fix."""
-    import http.client
-    import urllib.error
-    import urllib.request
-
-    url = entry.source
-    have = part.stat().st_size if part.exists() else 0
-    if entry.size and have > entry.size:
-        part.unlink()
-        have = 0
-    if entry.size and have == entry.size:
-        return  # complete already; the checks follow
-    headers = {"User-Agent": "autoprompt_seg", "Accept-Encoding": "identity"}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    # ProxyHandler() reads HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler())
-    req = urllib.request.Request(url, headers=headers)
-    try:
-        resp = opener.open(req, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and have:
-            complete = _content_range_total(e.headers.get("Content-Range", "")) == have
-            e.close()
-            if complete:
-                return  # the partial file is already complete
-            part.unlink()
-            raise _Interrupted("the server refused to resume; restarting") from e
-        e.close()
-        raise UnavailableError(f"cannot download {entry.name} from {url}: HTTP {e.code} "
-                               f"{e.reason}; {hint}") from e
-    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
-        reason = getattr(e, "reason", e)
-        raise UnavailableError(f"cannot download {entry.name} from {url} ({reason}); "
-                               f"{hint}") from e
-    with resp:
-        if have and resp.status == 206:
-            start = _content_range_start(resp.headers.get("Content-Range", ""))
-            if start != have:
-                part.unlink()
-                raise _Interrupted(f"the server resumed at byte {start}, not {have}; "
-                                   "restarting")
-            mode = "ab"
-        else:
-            if have:
-                log.info("%s: the server ignored the Range request; downloading afresh", url)
-            have, mode = 0, "wb"
-        length = resp.headers.get("Content-Length")
-        total: int | None = have + int(length) if length and length.isdigit() else None
-        if entry.size and total is not None and total != entry.size:
-            part.unlink(missing_ok=True)
-            raise UnavailableError(f"download of {entry.name} from {url}: the server announces "
-                                   f"{total} bytes; the manifest says {entry.size}: refused")
-        total = total or entry.size or None
-        if progress is not None:
-            progress(have, total)
-        with open(part, mode) as f:
-            while True:
-                try:  # read1: whatever has arrived (read() would wait for a whole chunk)
-                    buf = resp.read1(chunk)
-                except (OSError, http.client.HTTPException) as e:  # timeouts included
-                    raise _Interrupted(f"{type(e).__name__}: {e} (timeout {timeout:g} s)"
-                                       ) from e
-                if not buf:
-                    break
-                f.write(buf)
-                have += len(buf)
-                if entry.size and have > entry.size:
-                    f.close()
-                    part.unlink()
-                    raise UnavailableError(f"download of {entry.name} from {url} exceeds the "
-                                           f"{entry.size} bytes of the manifest: refused")
-                if progress is not None:
-                    progress(have, total)
-        if total is not None and have < total:
-            raise _Interrupted(f"the connection closed after {have} of {total} bytes")
-
-
-def _content_range_start(value: str) -> int:
-    """``bytes 100-199/200`` -> 100 (-1 when unreadable)."""
-    try:
-        return int(value.split()[1].split("-")[0])
-    except (IndexError, ValueError):
-        return -1
-
-
-def _content_range_total(value: str) -> int:
-    """``bytes */200`` or ``bytes 0-1/200`` -> 200 (-1 when unreadable)."""
-    try:
-        return int(value.rsplit("/", 1)[1])
-    except (IndexError, ValueError):
-        return -1
+# The download and the resolver use the names above; imported last (they import this package).
+from .download import fetch as fetch  # noqa: E402
+from .resolver import TRAINED_HERE as TRAINED_HERE  # noqa: E402
+from .resolver import CheckpointChoice as CheckpointChoice  # noqa: E402
+from .resolver import resolve as resolve  # noqa: E402
+from .resolver import training_provenance as training_provenance  # noqa: E402
