@@ -9,7 +9,7 @@ process's ru_maxrss):
 * ``synth1`` -- a seeded synthetic chest CT of 300 slices of 512x512, one tumour;
 * ``synth3`` -- the same geometry with three tumours.
 
-Paths: ``ours`` (``autoprompt_seg.segment.medsam2``) and ``reference`` (the straightforward
+Paths: ``ours`` (``autoprompt_seg.models.medsam2``) and ``reference`` (the straightforward
 procedure of ``tests/medsam2_reference.py``: whole volume forward, reset, reverse, union,
 largest component, float64 frames, no feature sharing).
 
@@ -143,7 +143,7 @@ def child(args: argparse.Namespace) -> None:
     cpu0 = ru0.ru_utime + ru0.ru_stime
     if args.path == "ours":
         from autoprompt_seg.config import Settings
-        from autoprompt_seg.segment.medsam2 import create
+        from autoprompt_seg.models.medsam2 import create
 
         opts: dict[str, Any] = {"medsam2_checkpoint": args.checkpoint}
         if args.no_early_stop:  # the same work as the reference: every slice, both ways
@@ -164,7 +164,7 @@ def child(args: argparse.Namespace) -> None:
                    voxels=[m.voxel_count for m in masks])
     else:
         sys.path.insert(0, str(ROOT / "tests"))
-        from autoprompt_seg.segment.medsam2 import DEFAULT_WINDOW
+        from autoprompt_seg.models.medsam2 import DEFAULT_WINDOW
         from medsam2_reference import reference_segment, stock_predictor
 
         pred = stock_predictor(Path(args.checkpoint), args.device)
@@ -297,7 +297,7 @@ def main() -> None:
         if not ck.exists():
             import torch
 
-            from autoprompt_seg.segment.medsam2 import build_model
+            from autoprompt_seg.models.medsam2 import build_model
 
             torch.manual_seed(0)
             torch.save({"model": build_model("cpu").state_dict()}, ck)

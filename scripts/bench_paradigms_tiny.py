@@ -25,7 +25,7 @@ def make_bases(base: Path) -> None:
     base.mkdir(parents=True, exist_ok=True)
     m2 = base / "medsam2_random_test.pt"
     if not m2.is_file():
-        from autoprompt_seg.segment.medsam2 import build_model
+        from autoprompt_seg.models.medsam2 import build_model
 
         torch.manual_seed(0)
         torch.save({"model": build_model("cpu").state_dict()}, m2)

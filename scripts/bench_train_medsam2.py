@@ -61,7 +61,7 @@ def main() -> int:
     import torch
 
     from autoprompt_seg.config import Settings
-    from autoprompt_seg.segment import medsam2 as M
+    from autoprompt_seg.models import medsam2 as M
     from autoprompt_seg.train.core import TrainConfig, train_model
 
     with tempfile.TemporaryDirectory(prefix="bench-medsam2-train-") as tmp:

@@ -13,7 +13,7 @@ from segment_anything import sam_model_registry
 from torch.utils.flop_counter import FlopCounterMode
 
 from autoprompt_seg.models.cnn2d import checkpoint as cnn2d_ck
-from autoprompt_seg.segment.medsam2 import build_model
+from autoprompt_seg.models.medsam2 import build_model
 
 
 def gflops(model: Any, x: torch.Tensor) -> float:

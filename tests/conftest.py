@@ -66,7 +66,7 @@ def medsam2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded random checkpoint in MedSAM2's exact format (``{"model": state_dict}`` of the
     512-px Hiera-tiny), once per session. Random weights: never a trained model."""
     torch = pytest.importorskip("torch")
-    medsam2 = pytest.importorskip("autoprompt_seg.segment.medsam2")
+    medsam2 = pytest.importorskip("autoprompt_seg.models.medsam2")
     torch.manual_seed(0)
     model = medsam2.build_model("cpu")
     p = tmp_path_factory.mktemp("medsam2") / "random_medsam2.pt"

@@ -113,7 +113,7 @@ def stock_predictor(checkpoint: Path, device: str = "cpu", variant: Any = None) 
     checkpoint loaded strictly."""
     from sam2.sam2_video_predictor_legacy import SAM2VideoPredictor
 
-    from autoprompt_seg.segment.medsam2 import load_model
+    from autoprompt_seg.models.medsam2 import load_model
 
     return load_model(checkpoint, device, predictor=SAM2VideoPredictor, variant=variant)
 

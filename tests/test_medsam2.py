@@ -21,14 +21,14 @@ from autoprompt_seg.config import Settings
 from autoprompt_seg.errors import ConfigError, UnavailableError
 from autoprompt_seg.types import Box3D, Volume
 
-M = pytest.importorskip("autoprompt_seg.segment.medsam2")
+M = pytest.importorskip("autoprompt_seg.models.medsam2")
 
 
 # --------------------------------------------------------------------------- fast units
 
 
 def test_import_has_no_side_effects() -> None:
-    code = ("import sys, autoprompt_seg.segment.medsam2 as m; "
+    code = ("import sys, autoprompt_seg.models.medsam2 as m; "
             "print(sorted(k for k in ('torch', 'sam2', 'hydra', 'omegaconf') if k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
@@ -404,7 +404,7 @@ MEDSAM2_SPEC = dict(
     name="medsam2", kind="segmenter",
     summary="MedSAM2 (sam2.1 Hiera-tiny, 512 px): the box prompts the key slice, the mask is "
             "tracked forward and backward through the slices",
-    factory=".segment.medsam2:create", requires=("torch", "sam2"),
+    factory=".models.medsam2:create", requires=("torch", "sam2"),
     weights=("MedSAM2_latest",))
 
 

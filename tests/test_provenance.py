@@ -64,7 +64,7 @@ def _listed(wdir: Path) -> str:
 
 
 def _info(wdir: Path, manifest: dict[str, W.WeightsEntry] | None = None) -> BackendInfo:
-    from autoprompt_seg.segment import medsam2 as M
+    from autoprompt_seg.models import medsam2 as M
 
     ctx: Any = (mock.patch("autoprompt_seg.weights.load_manifest", return_value=manifest)
                 if manifest is not None else contextlib.nullcontext())

@@ -16,7 +16,7 @@ import pytest
 from autoprompt_seg import registry
 from autoprompt_seg.config import Settings
 
-M = pytest.importorskip("autoprompt_seg.segment.medsam2")
+M = pytest.importorskip("autoprompt_seg.models.medsam2")
 torch = pytest.importorskip("torch")
 
 

@@ -24,7 +24,8 @@ from autoprompt_seg.types import Volume
 torch = pytest.importorskip("torch")
 pytest.importorskip("sam2")
 T = pytest.importorskip("autoprompt_seg.train.medsam2")
-M = pytest.importorskip("autoprompt_seg.segment.medsam2")
+MT = pytest.importorskip("autoprompt_seg.models.medsam2.training")
+M = pytest.importorskip("autoprompt_seg.models.medsam2")
 
 
 # --------------------------------------------------------------------------- synthetic data
@@ -61,11 +62,11 @@ def synthetic_case(seed: int, **kw: Any) -> Case:
 
 
 def test_options_defaults_and_validation() -> None:
-    o = T.MedSAM2TrainOptions.from_options({})
+    o = MT.MedSAM2TrainOptions.from_options({})
     assert o.clip_len == 8 and o.box == "slice" and o.teacher_forcing == 0.0
     assert dict(o.loss_weights) == {"focal": 20.0, "dice": 1.0, "iou": 1.0, "class": 1.0}
     assert o.feature_dtype == "float16" and o.allow_random_base is False
-    o = T.MedSAM2TrainOptions.from_options({"clip_len": 3, "box": "lesion",
+    o = MT.MedSAM2TrainOptions.from_options({"clip_len": 3, "box": "lesion",
                                             "loss_weights": {"focal": 1},
                                             "teacher_forcing": 0.5})
     assert o.clip_len == 3 and o.box == "lesion" and o.loss_weights["focal"] == 1.0
@@ -76,25 +77,25 @@ def test_options_defaults_and_validation() -> None:
                      ("allow_random_base", "yes"), ("loss_weights", {"bce": 1}),
                      ("loss_weights", {"focal": -1}), ("clip_length", 8)):
         with pytest.raises(ConfigError) as ei:
-            T.MedSAM2TrainOptions.from_options({key: bad})
+            MT.MedSAM2TrainOptions.from_options({key: bad})
         assert repr(key) in str(ei.value) and repr(bad) in str(ei.value)
         assert ei.value.exit_code == 78
 
 
 def test_clips_start_on_every_tumour_slice_in_both_directions() -> None:
-    assert T.clip_frames(3, 1, 10, 4) == [3, 4, 5, 6]
-    assert T.clip_frames(3, -1, 10, 4) == [3, 2, 1, 0]
-    assert T.clip_frames(8, 1, 10, 4) == [8, 9]  # cut at the end of the volume
-    assert T.clip_frames(1, -1, 10, 4) == [1, 0]
+    assert MT.clip_frames(3, 1, 10, 4) == [3, 4, 5, 6]
+    assert MT.clip_frames(3, -1, 10, 4) == [3, 2, 1, 0]
+    assert MT.clip_frames(8, 1, 10, 4) == [8, 9]  # cut at the end of the volume
+    assert MT.clip_frames(1, -1, 10, 4) == [1, 0]
     with pytest.raises(ValueError):
-        T.clip_frames(10, 1, 10, 4)
-    assert T.needed_slices([4, 5], 10, 3) == [2, 3, 4, 5, 6, 7]
-    assert T.needed_slices([0], 3, 8) == [0, 1, 2]
-    les = T.Lesion(1, {2: (0, 2, 0, 2), 3: (0, 2, 0, 2)}, (0, 2, 0, 2), (2, 3))
-    les2 = T.Lesion(2, {5: (4, 6, 4, 6)}, (4, 6, 4, 6), (5,))
-    idx = T.CaseIndex("a", "a-x", (8, 16, 16), (les, les2), tuple(range(8)), 3)
-    assert T.CaseIndex.from_dict(json.loads(json.dumps(idx.to_dict()))) == idx
-    anchors = T.anchors_of([idx])
+        MT.clip_frames(10, 1, 10, 4)
+    assert MT.needed_slices([4, 5], 10, 3) == [2, 3, 4, 5, 6, 7]
+    assert MT.needed_slices([0], 3, 8) == [0, 1, 2]
+    les = MT.Lesion(1, {2: (0, 2, 0, 2), 3: (0, 2, 0, 2)}, (0, 2, 0, 2), (2, 3))
+    les2 = MT.Lesion(2, {5: (4, 6, 4, 6)}, (4, 6, 4, 6), (5,))
+    idx = MT.CaseIndex("a", "a-x", (8, 16, 16), (les, les2), tuple(range(8)), 3)
+    assert MT.CaseIndex.from_dict(json.loads(json.dumps(idx.to_dict()))) == idx
+    anchors = MT.anchors_of([idx])
     assert {(a.lesion, a.z, a.step) for a in anchors} == {
         (1, 2, 1), (1, 2, -1), (1, 3, 1), (1, 3, -1), (2, 5, 1), (2, 5, -1)}
 
@@ -103,16 +104,16 @@ def test_lesions_and_labels_at_512() -> None:
     m = np.zeros((3, 32, 32), bool)
     m[0:2, 2:6, 2:6] = True
     m[1:3, 20:30, 10:16] = True
-    lab, n = T.lesions_of(m)
+    lab, n = MT.lesions_of(m)
     assert n == 2 and set(np.unique(lab)) == {0, 1, 2}
-    l512 = T.labels_to_512(lab[1], [1, 2], 512)
+    l512 = MT.labels_to_512(lab[1], [1, 2], 512)
     assert l512.shape == (512, 512) and l512.dtype == np.uint8
     assert set(np.unique(l512)) == {0, 1, 2}
     # lesion 2 spans rows 20..29 and columns 10..15 of 32: 16x larger at 512 px
     ys, xs = np.nonzero(l512 == 2)
     assert abs(ys.min() - 320) <= 8 and abs(ys.max() + 1 - 480) <= 8
     assert abs(xs.min() - 160) <= 8 and abs(xs.max() + 1 - 256) <= 8
-    assert (T.labels_to_512(lab[2], [2], 512) == 2).sum() == pytest.approx(60 * 256, rel=0.1)
+    assert (MT.labels_to_512(lab[2], [2], 512) == 2).sum() == pytest.approx(60 * 256, rel=0.1)
 
 
 def test_frame_losses_follow_sam2() -> None:
@@ -122,15 +123,15 @@ def test_frame_losses_follow_sam2() -> None:
     masks = torch.cat([good, -good, torch.zeros_like(good)], dim=1)  # (2, 3, 8, 8)
     ious = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
     obj = torch.tensor([[10.0], [-10.0]])
-    w = T.DEFAULT_LOSS_WEIGHTS
-    lo = T.frame_losses(masks, ious, obj, target, w)
+    w = MT.DEFAULT_LOSS_WEIGHTS
+    lo = MT.frame_losses(masks, ious, obj, target, w)
     assert set(lo) == {"focal", "dice", "iou", "class"}
     assert lo["focal"][0] < 1e-6 and lo["dice"][0] < 0.05  # the best output is taken
     assert lo["iou"][0] == pytest.approx(0.0, abs=1e-6)  # IoU head exact for all three
     assert lo["class"][0] < 1e-3 and lo["class"][1] < 1e-3
     for k in ("focal", "dice", "iou"):  # absent lesion: only the object score counts
         assert lo[k][1] == 0
-    worse = T.frame_losses(masks[:, 1:2], ious[:, :1], -obj, target, w)
+    worse = MT.frame_losses(masks[:, 1:2], ious[:, :1], -obj, target, w)
     assert worse["focal"][0] > 0.1 and worse["dice"][0] > 0.9 and worse["class"][0] > 5
 
 
@@ -160,7 +161,7 @@ def test_a_run_folder_is_not_resumed_from_other_weights_or_window(tmp_path: Path
 
 def test_only_decoder_and_memory_are_trained(medsam2_checkpoint: Path) -> None:
     model = M.load_model(medsam2_checkpoint, "cpu")
-    trained, frozen = T.configure_trainable(model)
+    trained, frozen = MT.configure_trainable(model)
     assert model.training and model.memory_attention.training
     assert not model.image_encoder.training and not model.sam_prompt_encoder.training
     tops = {n.split(".", 1)[0] for n in trained}
@@ -171,7 +172,7 @@ def test_only_decoder_and_memory_are_trained(medsam2_checkpoint: Path) -> None:
                                  "sam_mask_decoder.conv_s")) for n in trained)
     assert all(n in frozen for n in ("sam_mask_decoder.conv_s0.weight",
                                      "image_encoder.trunk.patch_embed.proj.weight"))
-    groups = T.param_groups(model, 0.1)
+    groups = MT.param_groups(model, 0.1)
     assert groups[0]["weight_decay"] == 0.1 and all(p.ndim >= 2 for p in groups[0]["params"])
     assert groups[1]["weight_decay"] == 0.0 and all(p.ndim <= 1 for p in groups[1]["params"])
     n = sum(p.numel() for g in groups for p in g["params"])
@@ -285,7 +286,7 @@ def test_trained_checkpoint_is_medsam2_format_and_its_random_base_is_disclosed(
     base = torch.load(medsam2_checkpoint, map_location="cpu", weights_only=True)["model"]
     assert set(obj["model"]) == set(base)  # every key, loaded strictly below
     changed = {k.split(".", 1)[0] for k in base if not torch.equal(base[k], obj["model"][k])}
-    assert changed and changed <= set(T.TRAINABLE_MODULES) | set(T.TRAINABLE_PARAMS)
+    assert changed and changed <= set(MT.TRAINABLE_MODULES) | set(MT.TRAINABLE_PARAMS)
     assert "image_encoder" not in changed and "sam_prompt_encoder" not in changed
     assert torch.equal(base["sam_mask_decoder.conv_s0.weight"],
                        obj["model"]["sam_mask_decoder.conv_s0.weight"])

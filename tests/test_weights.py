@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def medsam2_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random MedSAM2-format checkpoint (seed 0), made once per session."""
-    from autoprompt_seg.segment.medsam2 import build_model
+    from autoprompt_seg.models.medsam2 import build_model
 
     torch.manual_seed(0)
     model = build_model("cpu")
@@ -105,7 +105,7 @@ def test_one_manifest_and_no_drift() -> None:
 
 
 def test_strict_load_and_add(medsam2_ckpt: Path, tmp_path: Path) -> None:
-    from autoprompt_seg.segment.medsam2 import load_model, read_checkpoint
+    from autoprompt_seg.models.medsam2 import load_model, read_checkpoint
 
     sd = read_checkpoint(medsam2_ckpt)
     assert len(sd) == 471  # MedSAM2's key count

@@ -109,13 +109,13 @@ BACKENDS += (
         name="medsam2", kind="segmenter",
         summary="MedSAM2 (sam2.1 Hiera-tiny, 512 px): the box prompts the key slice, the mask "
                 "is tracked forward and backward through the slices",
-        factory=".segment.medsam2:create", requires=("torch", "sam2"),
+        factory=".models.medsam2:create", requires=("torch", "sam2"),
         weights=("MedSAM2_latest",)),
     BackendSpec(
         name="sam2", kind="segmenter",
         summary="vanilla SAM 2.1 (Meta, Hiera-tiny, 1024 px): the same box prompt, tracking "
                 "and early stopping as medsam2, without the medical fine-tuning (benchmark)",
-        factory=".segment.medsam2:create_sam2", requires=("torch", "sam2"),
+        factory=".models.medsam2:create_sam2", requires=("torch", "sam2"),
         weights=("sam2.1_hiera_tiny",)),
     BackendSpec(
         name="nnunet", kind="segmenter",

@@ -184,8 +184,8 @@ class MedSAMOptions:
 
 # The SAM family shares MedSAM2's device rules: bf16 autocast on CUDA only, encoder
 # batch 1 on the CPU (ViT-B's global attention makes batches no faster there), 8 on CUDA.
-from .medsam2 import autocast_context as encoder_autocast  # noqa: E402
-from .medsam2 import default_encoder_batch, use_bf16  # noqa: E402,F401
+from ..models.medsam2 import autocast_context as encoder_autocast  # noqa: E402
+from ..models.medsam2 import default_encoder_batch, use_bf16  # noqa: E402,F401
 
 # --------------------------------------------------------------------------- preprocessing
 
@@ -193,7 +193,7 @@ from .medsam2 import default_encoder_batch, use_bf16  # noqa: E402,F401
 def window_uint8(hu: npt.NDArray[np.floating[Any]], window: tuple[float, float]
                  ) -> npt.NDArray[np.uint8]:
     """Window HU to 0..255 and truncate to uint8 (MedSAM's CT recipe, ``pre_CT_MR.py``)."""
-    from .medsam2 import window_uint8 as _w
+    from ..models.medsam2 import window_uint8 as _w
 
     return _w(hu, window)
 

@@ -309,8 +309,8 @@ _CHECKERS: dict[str, Callable[[Path], None]] = {}
 #: caller importing the model first (like ``registry.py``'s factories; weights imports no
 #: model).
 CHECKER_MODULES: dict[str, str] = {
-    "sam2.1_hiera_tiny_512": "autoprompt_seg.segment.medsam2:check_medsam2_file",
-    "sam2.1_hiera_tiny": "autoprompt_seg.segment.medsam2:check_sam2_file",
+    "sam2.1_hiera_tiny_512": "autoprompt_seg.models.medsam2:check_medsam2_file",
+    "sam2.1_hiera_tiny": "autoprompt_seg.models.medsam2:check_sam2_file",
     "sam_vit_b": "autoprompt_seg.segment.medsam:check_checkpoint",
     "nnunetv2_model_folder": "autoprompt_seg.models.nnunet.checkpoint:check_model_folder",
     "monai_retinanet_resnet50_fpn_luna16":
