@@ -180,3 +180,44 @@ def test_console_script_runs(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert lines[-1].startswith("autoseg: error:") and "missing" in lines[-1]
     assert sum("error" in ln for ln in lines) == 1 and "Traceback" not in res.stderr
+
+
+def test_predict_set_changes_a_candidates_option(tmp_path, synth):
+    """--set candidates.max_candidates=1: the option reaches the detector (report.json's
+    detector details) and takes effect (one box instead of both tumours)."""
+    out = tmp_path / "out"
+    r = invoke("--quiet", "predict", str(synth.study_dir), "-o", str(out), "--json",
+               "--set", "candidates.max_candidates=1", "--set",
+               "candidates.min_thickness_mm=4.5")
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    details = report["backends"]["detector"]["details"]
+    assert details["max_candidates"] == 1 and details["min_thickness_mm"] == 4.5
+    assert len(report["lesions"]) + len(report.get("not_segmented", [])) == 1
+
+
+def test_predict_set_errors_name_the_key(tmp_path, synth):
+    r = invoke("predict", str(synth.study_dir), "-o", str(tmp_path / "o"),
+               "--set", "candidates.min_thickness_mm=thick")
+    assert r.exit_code == 78
+    assert "'candidates.min_thickness_mm' must be a number; got 'thick'" in r.output
+    r = invoke("predict", str(synth.study_dir), "-o", str(tmp_path / "o"),
+               "--set", "candidates.bogus=1")
+    assert r.exit_code == 78 and "unknown key 'bogus'; known:" in r.output
+    # a key that a flag also sets: the error names the flag
+    r = invoke("predict", str(synth.study_dir), "-o", str(tmp_path / "o"),
+               "--set", "nnunet.tta=maybe")
+    assert r.exit_code == 78 and "--tta sets nnunet.tta" in r.output
+
+
+def test_backends_options_lists_keys_defaults_and_units():
+    r = invoke("backends", "--options", "candidates", "--json")
+    assert r.exit_code == 0, r.output
+    rows = {row["key"]: row for row in json.loads(r.output)}
+    assert rows["min_thickness_mm"]["default"] == 5.0
+    assert rows["min_thickness_mm"]["help"] == "mm"
+    assert rows["air_hu"]["help"] == "HU"
+    r = invoke("backends", "--options", "candidates")
+    assert r.exit_code == 0 and "candidates.min_thickness_mm" in r.output
+    r = invoke("backends", "--options", "nosuch")
+    assert r.exit_code == 78 and "unknown backend 'nosuch'" in r.output

@@ -89,10 +89,14 @@ def test_bench_run_keeps_every_flag_and_refuses_method_flags_with_a_config(tmp_p
 
     flags = {o for p in run_cmd.params for o in p.opts}
     assert set(RUN_FLAGS) <= flags
-    assert len(_METHOD_OPTIONS) == 20 and len(_RUN_OPTIONS) == 7
+    assert len(_METHOD_OPTIONS) == 21 and len(_RUN_OPTIONS) == 7  # 20 + --set
+    assert "--set" in flags and "assignments" in _METHOD_OPTIONS
     cfg = _write(tmp_path, '[dataset]\nname = "pycerr"\n[[method]]\nsegmenter = "classical"\n')
     r = CliRunner().invoke(main, ["bench", "run", str(cfg), "--detector", "oracle",
                                   "--every-k", "3", "--case", "x", "--out", str(tmp_path / "o")])
     assert r.exit_code == 78
     assert "methods and dataset come from the file; remove --detector, --every-k, --case" \
         in r.stderr
+    r = CliRunner().invoke(main, ["bench", "run", str(cfg), "--set",
+                                  "candidates.min_thickness_mm=4", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 78 and "remove --set" in r.stderr

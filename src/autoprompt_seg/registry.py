@@ -25,6 +25,9 @@ class BackendSpec:
     requires: tuple[str, ...] = ()  # importable module names
     weights: tuple[str, ...] = ()  # manifest names of required weights
     traditional: bool = False  # training-free comparison backend
+    #: "module:Class" of its frozen options dataclass (``Settings.options[name]``), parsed
+    #: by :func:`autoprompt_seg.options.parse_options`; "" = not declared here yet
+    options: str = ""
 
     def missing_dependencies(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -72,18 +75,20 @@ BACKENDS: tuple[BackendSpec, ...] = (
         summary="training-free, anatomy-aware: soft-tissue candidates in the lung fields, "
                 "scored against the airways, mediastinum, heart and great vessels; a "
                 "calibrated confidence, one box per lesion on its largest slice",
-        factory=".detect.candidates:create", requires=("scipy", "skimage"), traditional=True),
+        factory=".detect.candidates:create", requires=("scipy", "skimage"), traditional=True,
+        options=".detect.candidates:CandidatesParams"),
     BackendSpec(
         name="oracle", kind="detector",
         summary="manual prompts: boxes from --prompts JSON or from a ground-truth "
                 "RTSTRUCT/SEG/mask (--prompts-from)",
-        factory=".detect.oracle:create", requires=("scipy",)),
+        factory=".detect.oracle:create", requires=("scipy",),
+        options=".detect.oracle:OracleOptions"),
     BackendSpec(
         name="nnunet", kind="detector",
         summary="lightweight nnU-Net v2 model: connected components of its tumour "
                 "probability, one box per tumour (--detector-model DIR or installed weights)",
         factory=".detect.nnunet:create", requires=("nnunetv2", "torch", "scipy"),
-        weights=("nnunet_lung_detector",)),
+        weights=("nnunet_lung_detector",), options=".models.nnunet.model:NnunetOptions"),
     BackendSpec(
         name="none", kind="detector",
         summary="no prompt: one box covering the whole volume, for the prompt-free "
@@ -96,12 +101,14 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 "NAME) run on the lungs' bounding box + 20 mm; its tumour label's components "
                 "become boxes",
         factory=".models.nnunet.fullscan:create", requires=("nnunetv2", "torch", "scipy"),
-        weights=("totalseg_lung_nodules",)),
+        weights=("totalseg_lung_nodules",),
+        options=".models.nnunet.fullscan:FullscanOptions"),
     BackendSpec(
         name="classical", kind="segmenter",
         summary="training-free: box-prompted region growing on the key slice, then slice "
                 "by slice in both directions until the tumour ends",
-        factory=".segment.classical:create", requires=("scipy", "skimage"), traditional=True),
+        factory=".segment.classical:create", requires=("scipy", "skimage"), traditional=True,
+        options=".segment.classical:ClassicalParams"),
 )
 
 BACKENDS += (
@@ -121,7 +128,7 @@ BACKENDS += (
         name="nnunet", kind="segmenter",
         summary="nnU-Net v2's own full mask (no prompt): the components overlapping each box",
         factory=".segment.nnunet_seg:create", requires=("nnunetv2", "torch", "scipy"),
-        weights=("nnunet_lung_detector",)),
+        weights=("nnunet_lung_detector",), options=".models.nnunet.model:NnunetOptions"),
 )
 
 BACKENDS += (
@@ -149,11 +156,32 @@ BACKENDS += (
         summary="MONAI lung_nodule_ct_detection bundle: RetinaNet ResNet50-FPN trained on "
                 "LUNA16 nodules; its world boxes on the study's grid, key slice = box centre",
         factory=".models.monai_retinanet.detector:create", requires=("torch", "monai"),
-        weights=("monai_lung_nodule_ct_detection",)),
+        weights=("monai_lung_nodule_ct_detection",),
+        options=".models.monai_retinanet.detector:RetinanetOptions"),
 )
 
 DEFAULT_DETECTOR = "candidates"
 DEFAULT_SEGMENTER = "classical"
+
+
+#: option groups that belong to no single backend: ``Settings.options[key]``
+EXTRA_OPTIONS: dict[str, str] = {"veto": ".models.nnunet.veto:VetoOptions"}
+
+
+def options_class(name: str) -> type:
+    """The options dataclass of the backend (or option group) ``name``; ConfigError when
+    ``name`` is unknown or declares none."""
+    refs = {b.name: b.options for b in BACKENDS if b.options}
+    refs.update(EXTRA_OPTIONS)
+    if name not in refs:
+        known = sorted({b.name for b in BACKENDS} | set(EXTRA_OPTIONS))
+        if name in known:
+            raise ConfigError(f"backend {name!r} declares no options that --set can change "
+                              f"(backends with options: {', '.join(sorted(refs))})")
+        raise ConfigError(f"unknown backend {name!r}; known: {', '.join(known)}")
+    mod_name, attr = refs[name].split(":")
+    cls: type = getattr(importlib.import_module(mod_name, package=__package__), attr)
+    return cls
 
 
 def names(kind: str) -> list[str]:
@@ -165,3 +193,31 @@ def get(kind: str, name: str) -> BackendSpec:
         if b.kind == kind and b.name == name:
             return b
     raise ConfigError(f"unknown {kind} {name!r}; known: {', '.join(names(kind))}")
+
+
+def checkpoint_options(segmenter: str, ref: str) -> dict[str, Any]:
+    """The ``Settings.options`` that make ``segmenter`` load the checkpoint ``ref`` (used
+    by ``predict --checkpoint``, ``bench run --checkpoint`` and bench studies)."""
+    if segmenter == "medsam2":
+        return {"medsam2_checkpoint": ref}
+    if segmenter == "nnunet":
+        return {"nnunet": {"model_dir": ref}}
+    return {segmenter: {"checkpoint": ref}}
+
+
+def set_options(options: dict[str, Any], assignments: tuple[str, ...] | list[str]
+                ) -> dict[str, Any]:
+    """``options`` with each ``"backend.key=value"`` laid over it (the CLI's ``--set``): the
+    value is read as the type of that field of the backend's options dataclass, so a
+    typo in the backend, the key or the value fails here, naming it."""
+    from .options import parse_text, split_assignment
+
+    out = dict(options)
+    for text in assignments:
+        backend, key, value = split_assignment(text)
+        typed = parse_text(options_class(backend), backend, key, value)
+        cur = out.get(backend)
+        if isinstance(cur, str) and backend == "veto":
+            cur = {"model": cur}
+        out[backend] = {**(dict(cur) if isinstance(cur, dict) else {}), key: typed}
+    return out

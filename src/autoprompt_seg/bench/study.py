@@ -81,6 +81,7 @@ from typing import Any
 from .. import registry
 from ..config import Settings
 from ..errors import ConfigError
+from ..registry import checkpoint_options
 
 log = logging.getLogger(__name__)
 
@@ -294,15 +295,6 @@ class Job:
         k = f" K={self.shots}" if self.shots else ""
         return f"{self.method.label or self.method.segmenter + '+' + self.method.detector} " \
                f"[{self.paradigm}{k}]"
-
-
-def checkpoint_options(segmenter: str, ref: str) -> dict[str, Any]:
-    """The ``Settings.options`` that make ``segmenter`` load the checkpoint ``ref``."""
-    if segmenter == "medsam2":
-        return {"medsam2_checkpoint": ref}
-    if segmenter == "nnunet":
-        return {"nnunet": {"model_dir": ref}}
-    return {segmenter: {"checkpoint": ref}}
 
 
 def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:

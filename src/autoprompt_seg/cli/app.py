@@ -24,6 +24,7 @@ from .common import (
     handle_errors,
     json_option,
     make_settings,
+    set_option,
     setup_logging,
     stage_bars,
     stderr_console,
@@ -97,6 +98,7 @@ def backend_options(f: F) -> F:
                           "medsam_vit_b; unet/deeplabv3: a file from `autoseg train`; "
                           "nnunet: a model folder)."),
         weights_dir_option(),
+        set_option(),
         click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=DEFAULT_MIN_SCORE,
                      show_default=True,
                      help="Operating point: segment only automatic boxes whose calibrated "
@@ -121,7 +123,7 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
                  veto_model: str | None = None,
                  min_score: float = DEFAULT_MIN_SCORE,
                  max_lesions: int = DEFAULT_MAX_LESIONS,
-                 series: str | None = None) -> None:
+                 series: str | None = None, assignments: tuple[str, ...] = ()) -> None:
     from ..predict import predict_path
 
     if prompts and prompts_from:
@@ -132,7 +134,8 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
                               f"--detector {detector}")
         detector = "oracle"
     detector = detector or registry.DEFAULT_DETECTOR
-    options: dict[str, Any] = {"roi_name": roi_name}
+    oracle: dict[str, Any] = {"roi_name": roi_name}
+    options: dict[str, Any] = {"oracle": oracle}
     nnunet_opts: dict[str, Any] = {}
     if detector_model:
         nnunet_opts["model_dir"] = detector_model
@@ -147,14 +150,15 @@ def _run_predict(ctx: Ctx, study: str, *, detector: str | None, segmenter: str, 
     if veto_model:
         options["veto"] = {"model": veto_model}
     if medsam2_checkpoint:
-        from ..bench.study import checkpoint_options
+        from ..registry import checkpoint_options
 
         for k, v in checkpoint_options(segmenter, medsam2_checkpoint).items():
             options[k] = {**options[k], **v} if isinstance(options.get(k), dict) else v
     if prompts:
-        options["prompts"] = prompts
+        oracle["prompts"] = prompts
     if prompts_from:
-        options["prompts_from"] = prompts_from
+        oracle["prompts_from"] = prompts_from
+    options = registry.set_options(options, assignments)
     settings = make_settings(device, threads, weights_dir, options).with_(
         min_score=min_score, max_lesions=max_lesions)
     show = not (ctx.quiet or as_json)
@@ -264,15 +268,22 @@ def inspect(ctx: Ctx, study: str, as_json: bool) -> None:
 
 @main.command(epilog=EXIT_HELP)
 @weights_dir_option()
+@click.option("--options", "options_of", default=None, metavar="NAME",
+              help="List the options of backend NAME (keys for --set, types, defaults, "
+                   "units) instead of the backends.")
 @json_option()
 @handle_errors
-def backends(weights_dir: str | None, as_json: bool) -> None:
+def backends(weights_dir: str | None, options_of: str | None, as_json: bool) -> None:
     """List the detectors and segmenters and whether each is ready (imports no torch).
 
     \b
-    Example:
+    Examples:
       autoseg backends
+      autoseg backends --options candidates
     """
+    if options_of is not None:
+        _list_options(options_of, as_json)
+        return
     settings = make_settings("auto", 0, weights_dir, {})
     rows = []
     for b in registry.BACKENDS:
@@ -293,6 +304,26 @@ def backends(weights_dir: str | None, as_json: bool) -> None:
         state = f"{r['state']}\n{r['hint']}" if r["hint"] else str(r["state"])
         t.add_row(str(r["kind"]), f"{r['name']}{' (default)' if r['default'] else ''}", state,
                   str(r["summary"]))
+    Console().print(t)
+
+
+def _list_options(name: str, as_json: bool) -> None:
+    from ..options import describe_options
+
+    rows = describe_options(registry.options_class(name))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"options of {name} (--set {name}.KEY=VALUE)")
+    for col in ("key", "type", "default", "unit / meaning"):
+        t.add_column(col)
+    for r in rows:
+        d = r["default"]
+        t.add_row(f"{name}.{r['key']}", str(r["type"]),
+                  json.dumps(d) if not isinstance(d, str) else d, str(r["help"]))
     Console().print(t)
 
 

@@ -25,6 +25,7 @@ from .common import (
     handle_errors,
     json_option,
     make_settings,
+    set_option,
     threads_option,
     weights_dir_option,
 )
@@ -99,6 +100,7 @@ _METHOD: list[Decorator] = [
                  help="Skip the cost measurement (parameters, GFLOPs, warm latency)."),
     click.option("--cost-repeats", type=click.IntRange(min=1), default=3, show_default=True,
                  help="Timed warm runs of the cost measurement (median reported)."),
+    set_option(),
 ]
 
 #: ``bench run`` options that say how and where it runs (with or without CONFIG).
@@ -214,6 +216,7 @@ class _MethodOptions:
     no_masks: bool
     no_cost: bool
     cost_repeats: int
+    assignments: tuple[str, ...] = ()
 
 
 def _run_study(config: str, out_dir: str | None, run: _RunOptions, show: bool) -> None:
@@ -261,9 +264,13 @@ def _run_method(m: _MethodOptions, out_dir: str, run: _RunOptions, show: bool) -
     cases = _method_cases(m)
     options: dict[str, Any] = {}
     if m.checkpoint:
-        from ..bench.study import checkpoint_options
+        from ..registry import checkpoint_options
 
         options = checkpoint_options(m.segmenter, m.checkpoint)
+    if m.assignments:
+        from ..registry import set_options
+
+        options = set_options(options, m.assignments)
     cfg = BenchConfig(dataset=m.dataset, dataset_path=m.dataset_path, roi=m.roi,
                       detector=m.detector, segmenter=m.segmenter, protocol=m.prompt_protocol,
                       k=m.k, jitter_shift=m.jitter_shift, jitter_scale=m.jitter_scale,

@@ -68,7 +68,7 @@ def handle_errors(f: F) -> F:
         try:
             return f(*args, **kwargs)
         except AutosegError as e:
-            _fail(ctx, e.exit_code, str(e))
+            _fail(ctx, e.exit_code, with_flags(str(e)))
         except KeyboardInterrupt:
             _fail(ctx, 130, "interrupted")
         except (click.exceptions.Exit, click.ClickException, SystemExit):
@@ -78,6 +78,30 @@ def handle_errors(f: F) -> F:
                   + ("" if ctx.debug else " (run with --debug for the traceback)"))
 
     return wrapper  # type: ignore[return-value]
+
+
+def set_option() -> Callable[[F], F]:
+    """``--set BACKEND.KEY=VALUE`` (repeatable), collected as ``assignments``."""
+    return click.option(
+        "--set", "assignments", multiple=True, metavar="BACKEND.KEY=VALUE",
+        help="Set one backend option (repeatable), e.g. --set candidates.min_thickness_mm=4 "
+             "or --set nnunet.folds=0,1; the value is read as the option's type (lists "
+             "comma-separated). `autoseg backends --options NAME` lists a backend's options.")
+
+
+#: option keys that a command-line flag sets; an error naming the key names the flag too
+KEY_FLAGS: dict[str, str] = {
+    "nnunet.model_dir": "--detector-model", "nnunet.tta": "--tta",
+    "nnunet_fullscan.model": "--detector-model", "nnunet_fullscan.tta": "--tta",
+    "veto.model": "--veto-model", "oracle.prompts": "--prompts",
+    "oracle.prompts_from": "--prompts-from", "oracle.roi_name": "--roi-name",
+}
+
+
+def with_flags(message: str) -> str:
+    """``message`` with the command-line flag of each option key it names."""
+    flags = [f"{flag} sets {key}" for key, flag in KEY_FLAGS.items() if f"'{key}'" in message]
+    return f"{message} ({'; '.join(flags)})" if flags else message
 
 
 def make_settings(device: str, threads: int, weights_dir: str | Path | None,

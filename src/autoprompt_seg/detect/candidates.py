@@ -127,16 +127,9 @@ class CandidatesParams:
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> CandidatesParams:
-        raw = options.get("candidates", {}) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"Argument 'options[\"candidates\"]' must be a mapping; "
-                              f"got {raw!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"Argument 'options[\"candidates\"]' has unknown key(s) "
-                              f"{', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**raw)
+        from ..options import parse_options
+
+        return parse_options(cls, options.get("candidates"), "candidates")
 
 
 @dataclass(frozen=True)

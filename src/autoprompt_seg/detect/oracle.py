@@ -1,6 +1,9 @@
 """The manual-prompt detector ("oracle"): boxes given by a person, not found by a model.
 
-Two sources, chosen with ``Settings.options`` (the CLI's ``--prompts`` / ``--prompts-from``):
+Two sources, chosen with ``Settings.options["oracle"]`` (:class:`OracleOptions`; the CLI's
+``--prompts`` / ``--prompts-from`` / ``--roi-name``). The flat top-level keys ``prompts``,
+``prompts_from`` and ``roi_name`` of earlier versions are still read (deprecated alias; the
+nested mapping wins):
 
 ``prompts``
     A prompts JSON file (format below; also in ``docs/prompts.md``).
@@ -63,7 +66,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -391,8 +394,34 @@ class OracleDetector:
         return boxes
 
 
+@dataclass(frozen=True)
+class OracleOptions:
+    """``Settings.options["oracle"]``: where the manual prompts come from."""
+
+    prompts: str | None = field(default=None, metadata={"help": "prompts JSON file"})
+    prompts_from: str | None = field(default=None, metadata={
+        "help": "ground truth: RTSTRUCT (file or folder), DICOM-SEG or NIfTI/NRRD mask"})
+    roi_name: str = field(default=DEFAULT_ROI, metadata={"help": "RTSTRUCT ROI of "
+                                                                 "prompts_from"})
+
+
+#: the flat keys of earlier versions, read as ``options["oracle"][key]`` (deprecated)
+LEGACY_KEYS = ("prompts", "prompts_from", "roi_name")
+
+
 def create(settings: Settings) -> OracleDetector:
-    """Registry factory: reads ``prompts``, ``prompts_from`` and ``roi_name`` options."""
+    """Registry factory: reads ``Settings.options["oracle"]`` (and the deprecated flat
+    ``prompts``, ``prompts_from``, ``roi_name`` keys)."""
+    from ..options import parse_options
+
     opts = settings.options
-    return OracleDetector(prompts=opts.get("prompts"), prompts_from=opts.get("prompts_from"),
-                          roi_name=opts.get("roi_name", DEFAULT_ROI))
+    nested = opts.get("oracle")
+    raw: dict[str, Any] = {k: opts[k] for k in LEGACY_KEYS if k in opts}
+    if isinstance(nested, Mapping):
+        raw.update(nested)
+    elif nested is not None:
+        raw = nested  # parse_options refuses it, naming the option
+    if isinstance(raw, dict):
+        raw = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in raw.items()}
+    o = parse_options(OracleOptions, raw, "oracle")
+    return OracleDetector(prompts=o.prompts, prompts_from=o.prompts_from, roi_name=o.roi_name)

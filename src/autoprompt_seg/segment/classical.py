@@ -85,15 +85,9 @@ class ClassicalParams:
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> ClassicalParams:
-        raw = options.get("classical", {}) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"Argument 'options[\"classical\"]' must be a mapping; got {raw!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"Argument 'options[\"classical\"]' has unknown key(s) "
-                              f"{', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**raw)
+        from ..options import parse_options
+
+        return parse_options(cls, options.get("classical"), "classical")
 
 
 def _disk(radius_mm: float, spacing_yx: tuple[float, float]) -> BoolArray:

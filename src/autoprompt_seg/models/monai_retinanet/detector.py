@@ -73,18 +73,12 @@ class RetinanetOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetinanetOptions:
+        from ...options import parse_options
+
         raw = settings.options.get(OPTIONS_KEY) or {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"Option {OPTIONS_KEY!r} must be a mapping; got {raw!r}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"Option {OPTIONS_KEY!r}: unknown key(s) "
-                              f"{', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
-        kw = dict(raw)
-        if "checkpoint" in kw and isinstance(kw["checkpoint"], Path):
-            kw["checkpoint"] = str(kw["checkpoint"])
-        return cls(**kw)
+        if isinstance(raw, Mapping) and isinstance(raw.get("checkpoint"), Path):
+            raw = {**raw, "checkpoint": str(raw["checkpoint"])}
+        return parse_options(cls, raw, OPTIONS_KEY)
 
 
 def resolve_checkpoint(settings: Settings, ref: str) -> CheckpointChoice:

@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -84,17 +83,9 @@ class FullscanOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FullscanOptions:
-        raw = settings.options.get(OPTIONS_KEY) or {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"Option {OPTIONS_KEY!r} must be a mapping; got {raw!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"Option {OPTIONS_KEY!r}: unknown key(s) {unknown}; known: "
-                              f"{', '.join(sorted(known))}")
-        kw: dict[str, Any] = {k: (float(v) if isinstance(v, int) and not isinstance(v, bool)
-                  and k not in ("model", "crop") else v) for k, v in raw.items()}
-        return cls(**kw)
+        from ...options import parse_options
+
+        return parse_options(cls, settings.options.get(OPTIONS_KEY) or {}, OPTIONS_KEY)
 
 
 def lung_crop(volume: Volume, margin_mm: float) -> tuple[slice, slice, slice] | None:

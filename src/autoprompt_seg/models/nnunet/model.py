@@ -80,63 +80,50 @@ UNTRAINED = "untrained test checkpoint"
 class NnunetOptions:
     """``Settings.options["nnunet"]``: every key is optional."""
 
-    model_dir: Path | None = None  # default: weights_dir / "nnunet_lung_detector"
-    configuration: str | None = None  # default: the checkpoint's own configuration
-    folds: tuple[int | str, ...] | None = None  # default: every fold_X with a final checkpoint
-    tta: bool = False  # nnU-Net's mirroring test-time augmentation
-    tile_step_size: float = 0.5
-    threshold: float = 0.5  # foreground probability for detector components
-    min_volume_ml: float = 0.1
-    margin_mm: float = 2.0
-    merge_overlapping: bool = True
+    model_dir: Path | None = field(default=None, metadata={
+        "help": "model folder (default: weights_dir/nnunet_lung_detector)"})
+    configuration: str | None = field(default=None, metadata={
+        "help": "nnU-Net configuration (default: the checkpoint's own)"})
+    folds: tuple[int | str, ...] | None = field(default=None, metadata={
+        "help": "fold numbers or 'all' (default: every fold_X with a final checkpoint)"})
+    tta: bool = field(default=False, metadata={"help": "nnU-Net's mirroring test-time "
+                                               "augmentation"})
+    tile_step_size: float = field(default=0.5, metadata={
+        "help": "sliding-window step, fraction of the patch"})
+    threshold: float = field(default=0.5, metadata={
+        "help": "foreground probability for detector components"})
+    min_volume_ml: float = field(default=0.1, metadata={"help": "ml; smaller components "
+                                                         "are dropped"})
+    margin_mm: float = field(default=2.0, metadata={"help": "mm added around each box"})
+    merge_overlapping: bool = field(default=True, metadata={"help": "merge overlapping "
+                                                            "boxes"})
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> NnunetOptions:
-        raw = settings.options.get(OPTIONS_KEY, {})
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"Option {OPTIONS_KEY!r} must be a mapping of nnU-Net options; "
-                              f"got {raw!r}")
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"Option {OPTIONS_KEY!r}: unknown key(s) "
-                              f"{', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
-        kw: dict[str, Any] = {}
-        if raw.get("model_dir") is not None:
-            v = raw["model_dir"]
-            if not isinstance(v, (str, Path)) or not str(v):
-                raise ConfigError(f"Option 'nnunet.model_dir' must be a folder path; got {v!r}")
-            kw["model_dir"] = Path(v).expanduser()
-        if raw.get("configuration") is not None:
-            v = raw["configuration"]
-            if not isinstance(v, str) or not v:
-                raise ConfigError(f"Option 'nnunet.configuration' must be a non-empty string; "
-                                  f"got {v!r}")
-            kw["configuration"] = v
-        if raw.get("folds") is not None:
-            kw["folds"] = _parse_folds(raw["folds"])
-        for name in ("tta", "merge_overlapping"):
-            if name in raw:
-                v = raw[name]
-                if not isinstance(v, bool):
-                    raise ConfigError(f"Option 'nnunet.{name}' must be true or false; got {v!r}")
-                kw[name] = v
+    def __post_init__(self) -> None:
+        if self.configuration is not None and not self.configuration:
+            raise ConfigError(f"Option 'nnunet.configuration' must be a non-empty string; "
+                              f"got {self.configuration!r}")
         for name, lo, hi, lo_open in (("threshold", 0.0, 1.0, True),
                                       ("tile_step_size", 0.0, 1.0, True),
                                       ("min_volume_ml", 0.0, float("inf"), False),
                                       ("margin_mm", 0.0, float("inf"), False)):
-            if name in raw:
-                v = raw[name]
-                ok = (isinstance(v, (int, float)) and not isinstance(v, bool)
-                      and np.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi)
-                if not ok:
-                    rng = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
-                    raise ConfigError(f"Option 'nnunet.{name}' must be a number in {rng}; "
-                                      f"got {v!r}")
-                kw[name] = float(v)
-        return cls(**kw)
+            v = getattr(self, name)
+            if not ((v > lo if lo_open else v >= lo) and v <= hi):
+                rng = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
+                raise ConfigError(f"Option 'nnunet.{name}' must be a number in {rng}; "
+                                  f"got {v!r}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NnunetOptions:
+        from ...options import parse_options
+
+        raw = settings.options.get(OPTIONS_KEY)
+        if isinstance(raw, Mapping):
+            # None means "the default" for these keys; folds may be one fold or a list
+            raw = {k: v for k, v in raw.items()
+                   if v is not None or k not in ("model_dir", "configuration", "folds")}
+            if "folds" in raw:
+                raw["folds"] = _parse_folds(raw["folds"])
+        return parse_options(cls, raw, OPTIONS_KEY)
 
 
 def _parse_folds(v: object) -> tuple[int | str, ...]:

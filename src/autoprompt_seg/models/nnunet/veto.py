@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -76,18 +76,15 @@ class VetoOptions:
             raw = {"model": raw}
         if not isinstance(raw, Mapping):
             raise ConfigError(f"Option 'veto' must be a model name or a mapping; got {raw!r}")
-        known = {"model", "labels", "min_inside_frac", "crop", "crop_margin_mm"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"Option 'veto': unknown key(s) {unknown}; known: "
-                              f"{', '.join(sorted(known))}")
+        from ...options import parse_options
+
         kw = dict(raw)
         if "labels" in kw:
             labels = kw["labels"]
             kw["labels"] = tuple(labels) if isinstance(labels, (list, tuple)) else (labels,)
-        if "model" not in kw:
+        if "model" not in kw and not set(kw) - {f.name for f in fields(cls)}:
             raise ConfigError("Option 'veto' needs 'model' (an installed model name)")
-        return cls(**kw)
+        return parse_options(cls, kw, OPTIONS_KEY)
 
 
 def resolve_labels(wanted: tuple[str | int, ...], labels: Mapping[str, int],
