@@ -72,7 +72,7 @@ def _train_step_s(seg: Any, steps: int) -> float:
     import torch
     from monai.losses import DiceLoss
 
-    from autoprompt_seg.segment import medsam as M
+    from autoprompt_seg.models import medsam as M
 
     sam = seg.model
     dec = sam.mask_decoder
@@ -121,14 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from autoprompt_seg.config import Settings
-    from autoprompt_seg.segment import medsam as M
+    from autoprompt_seg.models import medsam as M
 
     tmp = tempfile.TemporaryDirectory()
     ck = args.checkpoint
     if ck is None:  # made in a child process, so that it does not count in our peak RSS
         ck = Path(tmp.name) / "random_medsam_vit_b.pth"
         subprocess.run([sys.executable, "-c",
-                        "import sys, torch; from autoprompt_seg.segment import medsam as M; "
+                        "import sys, torch; from autoprompt_seg.models import medsam as M; "
                         "torch.manual_seed(0); "
                         "torch.save(M.build_model('cpu').state_dict(), sys.argv[1])", str(ck)],
                        check=True)

@@ -28,7 +28,8 @@ from autoprompt_seg.types import Box3D, LesionMask, Volume
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("segment_anything")
-M = pytest.importorskip("autoprompt_seg.segment.medsam")
+M = pytest.importorskip("autoprompt_seg.models.medsam")
+MB = pytest.importorskip("autoprompt_seg.models.medsam.backend")
 
 from medsam_helpers import (  # noqa: E402
     EncoderMemo,
@@ -95,13 +96,13 @@ def test_pure_helpers_boxes_overlap_and_assembly() -> None:
     scores[0, :, 0:2] = 1.0          # lesion 0, box a
     scores[1, :, 2:4] = 0.5          # lesion 0, box b
     scores[2, :, 3:6] = 0.8          # lesion 1: beats box b on column 3
-    accs = [M._LesionAcc(), M._LesionAcc()]
+    accs = [MB._LesionAcc(), MB._LesionAcc()]
     owners = [(0, b), (0, b), (1, b)]
-    M._resolve_slice(7, owners, scores, 0.0, accs)
-    full = [M._assemble(a, b, (9, 4, 6)).full()[7] for a in accs]
+    MB._resolve_slice(7, owners, scores, 0.0, accs)
+    full = [MB._assemble(a, b, (9, 4, 6)).full()[7] for a in accs]
     assert full[0][:, :3].all() and not full[0][:, 3:].any()
     assert full[1][:, 3:].all() and not full[1][:, :3].any()
-    empty = M._assemble(M._LesionAcc(), b, (9, 4, 6))
+    empty = MB._assemble(MB._LesionAcc(), b, (9, 4, 6))
     assert empty.is_empty and empty.volume_shape == (9, 4, 6)
 
 

@@ -146,7 +146,7 @@ BACKENDS += (
         name="medsam", kind="segmenter",
         summary="2-D MedSAM (SAM ViT-B, segment-anything): one box per slice; a detector's "
                 "3-D box prompts every slice it spans",
-        factory=".segment.medsam:create", requires=("torch", "segment_anything"),
+        factory=".models.medsam:create", requires=("torch", "segment_anything"),
         weights=("medsam_vit_b",)),
 )
 

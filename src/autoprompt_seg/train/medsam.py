@@ -13,7 +13,7 @@ first epoch) and stored; epochs then only run the prompt encoder and the decoder
   Cases are loaded one at a time (:func:`~.data.load_training_set`; a bad case is logged
   and skipped), so only one volume is in memory at once.
 * **pixels** -- exactly the ``medsam`` segmenter's inference path
-  (:mod:`autoprompt_seg.segment.medsam`): the CT window to ``uint8``, then ``preprocess``
+  (:mod:`autoprompt_seg.models.medsam`): the CT window to ``uint8``, then ``preprocess``
   (``"medsam"``: MedSAM's 1024x1024 [0, 1] input; ``"sam"``: ``SamPredictor``'s), the image
   encoder under bf16 autocast on CUDA, embeddings kept in float32.
 * **embedding cache** -- one ``.npy`` (256x64x64 float32, 4 MiB) per distinct slice, named
@@ -79,8 +79,8 @@ import numpy.typing as npt
 from ..bench.datasets import Case
 from ..config import Settings, resolve_device
 from ..errors import BackendError, ConfigError, InputError
-from ..segment import medsam as M
-from ..segment.medsam import embedding_key, encoder_fingerprint
+from ..models import medsam as M
+from ..models.medsam import embedding_key, encoder_fingerprint
 from .core import STATE_FILE, RunDir, TrainConfig, TrainProgress, TrainResult, seed_everything
 from .data import load_training_set
 

@@ -311,7 +311,7 @@ _CHECKERS: dict[str, Callable[[Path], None]] = {}
 CHECKER_MODULES: dict[str, str] = {
     "sam2.1_hiera_tiny_512": "autoprompt_seg.models.medsam2:check_medsam2_file",
     "sam2.1_hiera_tiny": "autoprompt_seg.models.medsam2:check_sam2_file",
-    "sam_vit_b": "autoprompt_seg.segment.medsam:check_checkpoint",
+    "sam_vit_b": "autoprompt_seg.models.medsam:check_checkpoint",
     "nnunetv2_model_folder": "autoprompt_seg.models.nnunet.checkpoint:check_model_folder",
     "monai_retinanet_resnet50_fpn_luna16":
         "autoprompt_seg.models.monai_retinanet.checkpoint:check_checkpoint",
