@@ -35,7 +35,7 @@ def bench(model: str, backbone: str | None, size: int, batch: int, device: str,
     from monai.losses import DiceCELoss
 
     from autoprompt_seg.models.cnn2d import checkpoint as cnn2d_ck
-    from autoprompt_seg.segment import slicewise
+    from autoprompt_seg.models.cnn2d.segmenter import autocast
 
     arch: Any = {"backbone": backbone} if backbone else None
     torch.manual_seed(0)
@@ -52,7 +52,7 @@ def bench(model: str, backbone: str | None, size: int, batch: int, device: str,
     for i in range(repeats + 1):
         _sync(device)
         t0 = time.perf_counter()
-        with slicewise.autocast(device, True):
+        with autocast(device, True):
             logits = net(x)
         loss = loss_fn(logits.float(), y)
         opt.zero_grad(set_to_none=True)
@@ -68,7 +68,7 @@ def bench(model: str, backbone: str | None, size: int, batch: int, device: str,
         for i in range(repeats + 1):
             _sync(device)
             t0 = time.perf_counter()
-            with slicewise.autocast(device, True):
+            with autocast(device, True):
                 net(x)
             _sync(device)
             if i:

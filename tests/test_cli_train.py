@@ -39,7 +39,7 @@ def _summary(stdout: str) -> dict:
 
 def test_train_unet_end_to_end_and_the_checkpoint_loads(pairs_root: Path, tmp_path: Path):
     from autoprompt_seg.config import Settings
-    from autoprompt_seg.segment.unet2d import create
+    from autoprompt_seg.models.cnn2d.segmenter import create_unet as create
 
     out = tmp_path / "run"
     r = _train(pairs_root, out, "--weights-dir", str(tmp_path / "w"))

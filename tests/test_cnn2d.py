@@ -70,8 +70,8 @@ HELD_OUT = [synth_volume(100 + i) for i in range(4)]
 
 
 def segmenter(model: str, checkpoint: Path, **opts):
-    from autoprompt_seg.segment.deeplab import create as deeplab
-    from autoprompt_seg.segment.unet2d import create as unet
+    from autoprompt_seg.models.cnn2d.segmenter import create_deeplab as deeplab
+    from autoprompt_seg.models.cnn2d.segmenter import create_unet as unet
 
     settings = Settings(device="cpu", options={model: {"checkpoint": str(checkpoint), **opts}})
     return (unet if model == "unet" else deeplab)(settings)
@@ -252,7 +252,7 @@ def test_bad_checkpoints_are_refused_with_the_file_named(tmp_path):
     with pytest.raises(ConfigError, match="wrong.pt.*does not fit.*shape mismatch"):
         segmenter("unet", wrong)
     with pytest.raises(UnavailableError, match="--checkpoint FILE"):
-        from autoprompt_seg.segment.unet2d import create
+        from autoprompt_seg.models.cnn2d.segmenter import create_unet as create
 
         create(Settings(device="cpu"))
     with pytest.raises(ConfigError, match="unknown key"):

@@ -33,7 +33,7 @@ resume the interrupted epoch's loss rows appear twice in ``loss.jsonl``; the lat
 Loss log rows: ``{"kind": "step", "epoch", "step", "loss"}`` every ``log_every`` steps (mean
 over them) and ``{"kind": "epoch", "epoch", "step", "loss", "seconds"}`` per epoch.
 
-The result is an ``autoseg-cnn2d/1`` checkpoint (:mod:`autoprompt_seg.segment.slicewise`)
+The result is an ``autoseg-cnn2d/1`` checkpoint (:mod:`autoprompt_seg.models.cnn2d.segmenter`)
 named ``<model>.pt`` with its training record; the ``unet`` / ``deeplabv3`` segmenter
 loads it (``Settings.options[model]["checkpoint"]``) and reports it as trained here.
 
@@ -75,7 +75,7 @@ from ..bench.datasets import Case
 from ..config import Settings, resolve_device
 from ..errors import BackendError, ConfigError
 from ..models.cnn2d import checkpoint as cnn2d_ck
-from ..segment import slicewise
+from ..models.cnn2d.segmenter import autocast
 from .core import RunDir, TrainConfig, TrainProgress, TrainResult, seed_everything
 from .data import (
     DEFAULT_WINDOW,
@@ -209,7 +209,7 @@ def train(cfg: TrainConfig, cases: Sequence[Case], run: RunDir, *, settings: Set
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if augment:  # random numbers from the CPU generator, warps on the device
                 x, y = augment_batch(x, y, gen)
-            with slicewise.autocast(device, bf16):
+            with autocast(device, bf16):
                 logits = net(x)
             loss = loss_fn(logits.float(), y)
             opt.zero_grad(set_to_none=True)
@@ -243,7 +243,7 @@ def train(cfg: TrainConfig, cases: Sequence[Case], run: RunDir, *, settings: Set
         batches = (make_batch(volumes, items[i:i + cfg.batch_size], window,
                               cfg.image_size)[0]
                    for i in range(0, len(items), cfg.batch_size))
-        with slicewise.autocast(device, bf16):
+        with autocast(device, bf16):
             update_bn(batches, net, device=torch.device(device))
         log.info("%s: batch-norm statistics re-estimated over %d batch(es)", cfg.model,
                  bn_batches)

@@ -1,7 +1,7 @@
 """The ``autoseg-cnn2d/1`` checkpoint format of the 2-D CNNs (``unet``, ``deeplabv3``):
 building the networks, writing and reading checkpoints, strict loading.
 
-The format is described in :mod:`autoprompt_seg.segment.slicewise` (inference) and
+The format is described in :mod:`autoprompt_seg.models.cnn2d.segmenter` (inference) and
 written by :mod:`autoprompt_seg.train.cnn2d` (training); both use this module.
 """
 

@@ -1,5 +1,5 @@
 """torchvision's DeepLabV3 as the ``deeplabv3`` segmenter builds it (:mod:`autoprompt_seg.
-segment.deeplab`, which describes it): architecture options, the 1-channel CT network,
+models.cnn2d.segmenter`, which describes it): architecture options, the 1-channel CT network,
 ImageNet backbone weights."""
 
 from __future__ import annotations
