@@ -109,7 +109,7 @@ def test_few_shot_jobs_are_nested_seeded_and_bounded():
 
 
 def test_checkpoint_options_per_backend():
-    assert checkpoint_options("medsam2", "f.pt") == {"medsam2_checkpoint": "f.pt"}
+    assert checkpoint_options("medsam2", "f.pt") == {"medsam2": {"checkpoint": "f.pt"}}
     assert checkpoint_options("nnunet", "d") == {"nnunet": {"model_dir": "d"}}
     assert checkpoint_options("unet", "u.pt") == {"unet": {"checkpoint": "u.pt"}}
 

@@ -51,8 +51,17 @@ def test_options_defaults_and_validation(tmp_path: Path) -> None:
                      ("medsam2_scaling", "minmax")):
         with pytest.raises(ConfigError) as ei:
             M.MedSAM2Options.from_settings(Settings(weights_dir=tmp_path, options={key: bad}))
-        assert key in str(ei.value) and repr(bad) in str(ei.value)
+        # the flat (deprecated) key is read; the error names the nested key
+        assert key.replace("medsam2_", "medsam2.") in str(ei.value) \
+            and repr(bad) in str(ei.value)
         assert ei.value.exit_code == 78
+    # the nested mapping, as --set writes it, and it wins over the flat alias
+    o = M.MedSAM2Options.from_settings(Settings(weights_dir=tmp_path, options={
+        "medsam2": {"window": (40.0, 400.0), "empty_stop": 4}, "medsam2_empty_stop": 9}))
+    assert o.window == (40.0, 400.0) and o.empty_stop == 4
+    with pytest.raises(ConfigError, match=r"'medsam2': unknown key\(s\) 'windw'"):
+        M.MedSAM2Options.from_settings(Settings(weights_dir=tmp_path,
+                                                options={"medsam2": {"windw": 1}}))
 
 
 def test_device_selection_with_and_without_cuda() -> None:

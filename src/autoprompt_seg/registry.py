@@ -117,13 +117,13 @@ BACKENDS += (
         summary="MedSAM2 (sam2.1 Hiera-tiny, 512 px): the box prompts the key slice, the mask "
                 "is tracked forward and backward through the slices",
         factory=".models.medsam2:create", requires=("torch", "sam2"),
-        weights=("MedSAM2_latest",)),
+        weights=("MedSAM2_latest",), options=".models.medsam2.options:MedSAM2Options"),
     BackendSpec(
         name="sam2", kind="segmenter",
         summary="vanilla SAM 2.1 (Meta, Hiera-tiny, 1024 px): the same box prompt, tracking "
                 "and early stopping as medsam2, without the medical fine-tuning (benchmark)",
         factory=".models.medsam2:create_sam2", requires=("torch", "sam2"),
-        weights=("sam2.1_hiera_tiny",)),
+        weights=("sam2.1_hiera_tiny",), options=".models.medsam2.options:MedSAM2Options"),
     BackendSpec(
         name="nnunet", kind="segmenter",
         summary="nnU-Net v2's own full mask (no prompt): the components overlapping each box",
@@ -147,7 +147,7 @@ BACKENDS += (
         summary="2-D MedSAM (SAM ViT-B, segment-anything): one box per slice; a detector's "
                 "3-D box prompts every slice it spans",
         factory=".models.medsam:create", requires=("torch", "segment_anything"),
-        weights=("medsam_vit_b",)),
+        weights=("medsam_vit_b",), options=".models.medsam.options:MedSAMOptions"),
 )
 
 BACKENDS += (
@@ -198,8 +198,6 @@ def get(kind: str, name: str) -> BackendSpec:
 def checkpoint_options(segmenter: str, ref: str) -> dict[str, Any]:
     """The ``Settings.options`` that make ``segmenter`` load the checkpoint ``ref`` (used
     by ``predict --checkpoint``, ``bench run --checkpoint`` and bench studies)."""
-    if segmenter == "medsam2":
-        return {"medsam2_checkpoint": ref}
     if segmenter == "nnunet":
         return {"nnunet": {"model_dir": ref}}
     return {segmenter: {"checkpoint": ref}}

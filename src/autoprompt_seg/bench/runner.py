@@ -133,7 +133,7 @@ class BenchConfig:
     ``fine-tune`` (trained on the full training split). ``train_hash`` identifies the
     trained checkpoint (required for few-shot and fine-tune; see :func:`training_fields`);
     the checkpoint itself is named in ``options`` as each backend reads it (e.g.
-    ``{"medsam2_checkpoint": PATH}``, ``{"nnunet": {"model_dir": DIR}}``).
+    ``{"medsam2": {"checkpoint": PATH}}``, ``{"nnunet": {"model_dir": DIR}}``).
     ``train_cases`` is the number of cases it was trained on (0 = not recorded).
     """
 

@@ -95,6 +95,8 @@ KEY_FLAGS: dict[str, str] = {
     "nnunet_fullscan.model": "--detector-model", "nnunet_fullscan.tta": "--tta",
     "veto.model": "--veto-model", "oracle.prompts": "--prompts",
     "oracle.prompts_from": "--prompts-from", "oracle.roi_name": "--roi-name",
+    "medsam2.checkpoint": "--checkpoint", "sam2.checkpoint": "--checkpoint",
+    "medsam.checkpoint": "--checkpoint",
 }
 
 

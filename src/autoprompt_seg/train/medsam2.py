@@ -32,8 +32,8 @@ Data (one *clip* per anchor)
 
 Preprocessing
     Exactly the segmenter's (:class:`autoprompt_seg.models.medsam2.FrameSource`): window
-    (``settings.options["medsam2_window"]``, default lung window) and min-max over the
-    clipped study (``medsam2_scaling``, as MedSAM2's CT script), uint8, 512 px bicubic,
+    (``settings.options["medsam2"]["window"]``, default lung window) and min-max over the
+    clipped study (``medsam2.scaling``, as MedSAM2's CT script), uint8, 512 px bicubic,
     ImageNet normalisation; the encoder runs under bf16 autocast on CUDA as at inference.
     GT masks are resized to 512 px bilinearly and thresholded at 0.5.
 
@@ -90,7 +90,7 @@ Training mode
 
 Output
     ``RUN/medsam2_trained.pt``: ``{"model": state_dict}`` of the whole model, MedSAM2's own
-    format, which the ``medsam2`` segmenter loads strictly (``medsam2_checkpoint``); its
+    format, which the ``medsam2`` segmenter loads strictly (``options["medsam2"]["checkpoint"]``); its
     ``.train.json`` record makes the segmenter report it as trained here.
 
 Options (``cfg.options``)

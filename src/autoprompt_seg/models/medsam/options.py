@@ -81,43 +81,31 @@ class MedSAMOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MedSAMOptions:
-        """Validate ``settings.options["medsam"]``; a bad value raises ConfigError naming it."""
+        """Validate ``settings.options["medsam"]`` with the shared parser
+        (:func:`autoprompt_seg.options.parse_options`); a bad value raises ConfigError
+        naming the key (``medsam.window``)."""
+        from ...options import parse_options
+
         raw = settings.options.get("medsam", {}) or {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"Argument 'options[\"medsam\"]' must be a mapping; got {raw!r}")
-        unknown = sorted(set(raw) - set(OPTION_KEYS))
-        if unknown:
-            raise ConfigError(f"Argument 'options[\"medsam\"]' has unknown key(s) "
-                              f"{', '.join(map(str, unknown))}; known: {', '.join(OPTION_KEYS)}")
-        kw: dict[str, Any] = {}
-        if "checkpoint" in raw:
-            v = raw["checkpoint"]
-            if not isinstance(v, (str, Path)) or not str(v):
-                raise ConfigError(f"Option 'medsam.checkpoint' must be a weights name or a file "
-                                  f"path; got {v!r}")
-            kw["checkpoint"] = str(v)
-        if "window" in raw:
-            kw["window"] = parse_window(raw["window"], "medsam.window")
-        if "preprocess" in raw:
-            kw["preprocess"] = parse_preprocess(raw["preprocess"], "medsam.preprocess")
-        if "encoder_batch" in raw:
-            v = raw["encoder_batch"]
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-                raise ConfigError(f"Option 'medsam.encoder_batch' must be an integer >= 0; "
-                                  f"got {v!r}")
-            kw["encoder_batch"] = int(v)
-        if "bf16" in raw:
-            v = raw["bf16"]
-            if not isinstance(v, bool):
-                raise ConfigError(f"Option 'medsam.bf16' must be true or false; got {v!r}")
-            kw["bf16"] = v
-        if "embedding_cache" in raw:
-            v = raw["embedding_cache"]
-            if not isinstance(v, (str, Path)):
-                raise ConfigError(f"Option 'medsam.embedding_cache' must be a folder path; "
-                                  f"got {v!r}")
-            kw["embedding_cache"] = str(v)
-        return cls(**kw)
+        if isinstance(raw, Mapping):
+            raw = dict(raw)
+            for key in ("checkpoint", "embedding_cache"):
+                if isinstance(raw.get(key), Path):
+                    raw[key] = str(raw[key])
+            if isinstance(raw.get("encoder_batch"), np.integer):
+                raw["encoder_batch"] = int(raw["encoder_batch"])
+            if "window" in raw:
+                raw["window"] = parse_window(raw["window"], "medsam.window")
+            if "preprocess" in raw:
+                raw["preprocess"] = parse_preprocess(raw["preprocess"], "medsam.preprocess")
+        o = parse_options(cls, raw, "medsam")
+        if not o.checkpoint:
+            raise ConfigError(f"Option 'medsam.checkpoint' must be a weights name or a file "
+                              f"path; got {o.checkpoint!r}")
+        if o.encoder_batch < 0:
+            raise ConfigError(f"Option 'medsam.encoder_batch' must be an integer >= 0; got "
+                              f"{o.encoder_batch!r}")
+        return o
 
 
 # --------------------------------------------------------------------------- device

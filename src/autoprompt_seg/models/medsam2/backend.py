@@ -12,24 +12,24 @@ How a study is segmented (see ``docs/medsam2.md``):
 1. **Preprocessing, once per study, only for visited slices.** As MedSAM2's CT script
    (``medsam2_infer_3D_CT.py``) and MedSAM's ``pre_CT_MR.py``: the study is clipped to the
    window (default: lung window, level -600 HU, width 1500 HU;
-   ``settings.options["medsam2_window"] = (level, width)``), then min-max scaled over the
+   ``settings.options["medsam2"]["window"] = (level, width)``), then min-max scaled over the
    *clipped study* (its own minimum and maximum, e.g. -1024..150 HU for air at -1024) to
-   0..255 and truncated to ``uint8`` (``medsam2_scaling = "study-minmax"``, the default;
+   0..255 and truncated to ``uint8`` (``medsam2.scaling = "study-minmax"``, the default;
    ``"window"`` scales by the nominal window bounds instead). Each slice is then resized to
    512x512 (PIL bicubic, identity for 512x512 slices), divided by 255 and normalised with
    the ImageNet mean/std, in float32 (the encoder then runs under bf16 autocast on CUDA).
    The ``uint8`` slice is kept; the float frame only while it is encoded.
 2. **Image features, once per slice per study.** A memory-bounded LRU cache
    (:class:`FeatureCache`) holds the encoder's outputs; every lesion and both directions
-   share it. The encoder runs in batches of ``medsam2_encoder_batch`` slices along the
+   share it. The encoder runs in batches of ``medsam2.encoder_batch`` slices along the
    direction of travel (default 1 on the CPU, where batching does not pay, 8 on CUDA).
 3. **Prompt.** The box ``[x0, x1) x [y0, y1)`` on the key slice becomes the sam2 box
    ``(x0, y0, x1 - 1, y1 - 1)`` in pixel-index coordinates (as MedSAM2 builds boxes from
    masks), mapped to 512 px.
 4. **Propagation** forward and in reverse from the key slice, each direction in a fresh
    tracking state (as MedSAM2's reference: box, forward, reset, box, reverse). A direction
-   stops after ``medsam2_empty_stop`` consecutive empty slices (default 3) or beyond the
-   box's z-extent plus ``medsam2_z_margin_mm`` (default 10 mm, at least 2 slices).
+   stops after ``medsam2.empty_stop`` consecutive empty slices (default 3) or beyond the
+   box's z-extent plus ``medsam2.z_margin_mm`` (default 10 mm, at least 2 slices).
 5. **Join.** Per lesion, the union of both directions (max logit where both visited);
    where two lesions claim a voxel the higher logit wins; then each lesion keeps its largest
    26-connected component. Every lesion gets its own mask, never one union blob.

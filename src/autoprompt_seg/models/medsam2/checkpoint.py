@@ -263,4 +263,4 @@ def resolve_checkpoint(settings: Settings, options: MedSAM2Options,
     """
     v = variant or MEDSAM2
     return resolve(v.architecture, options.checkpoint, settings.weights_dir, model=v.name,
-                   option=f"{v.name}_checkpoint", label=v.label, record_model=v.name)
+                   option=f"{v.name}.checkpoint", label=v.label, record_model=v.name)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,79 +85,95 @@ POSTPROCESSING_OVERRIDES: Mapping[str, Any] = {
 
 @dataclass(frozen=True)
 class MedSAM2Options:
-    """The segmenter's knobs, read from ``settings.options`` (keys ``medsam2_*``)."""
+    """The segmenter's knobs: ``settings.options["medsam2"]`` (``["sam2"]`` for vanilla SAM
+    2.1), parsed by :func:`autoprompt_seg.options.parse_options`. The flat keys
+    ``medsam2_<key>`` / ``sam2_<key>`` of earlier versions are still read (deprecated; the
+    nested mapping wins)."""
 
-    checkpoint: str = DEFAULT_CHECKPOINT  # manifest name or path of a checkpoint file
-    window: tuple[float, float] = DEFAULT_WINDOW  # (level, width) HU
-    scaling: str = DEFAULT_SCALING  # "study-minmax" (MedSAM2's script) | "window"
-    empty_stop: int = DEFAULT_EMPTY_STOP  # k consecutive empty slices end a direction
-    z_margin_mm: float = DEFAULT_Z_MARGIN_MM  # beyond the box's z-extent
-    cache_mb: float = DEFAULT_CACHE_MB  # image-feature cache bound
-    encoder_batch: int = 0  # 0 = auto (1 on the CPU, 8 on CUDA)
-    bf16: bool = True  # bf16 autocast on CUDA (never on the CPU)
+    checkpoint: str = field(default=DEFAULT_CHECKPOINT, metadata={
+        "help": "weights name or checkpoint file (sam2: default sam2.1_hiera_tiny)"})
+    window: tuple[float, float] = field(default=DEFAULT_WINDOW, metadata={
+        "help": "CT window (level, width) in HU"})
+    scaling: str = field(default=DEFAULT_SCALING, metadata={
+        "help": "'study-minmax' (MedSAM2's script) or 'window' (the window bounds)"})
+    empty_stop: int = field(default=DEFAULT_EMPTY_STOP, metadata={
+        "help": "k consecutive empty slices end a direction"})
+    z_margin_mm: float = field(default=DEFAULT_Z_MARGIN_MM, metadata={
+        "help": "mm tracked beyond the box's z-extent"})
+    cache_mb: float = field(default=DEFAULT_CACHE_MB, metadata={
+        "help": "MiB bound of the image-feature cache"})
+    encoder_batch: int = field(default=0, metadata={
+        "help": "slices per encoder batch; 0 = auto (1 on the CPU, 8 on CUDA)"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (never on "
+                                                       "the CPU)"})
 
     @classmethod
     def from_settings(cls, settings: Settings, variant: Variant | None = None
                       ) -> MedSAM2Options:
-        """Validate ``settings.options`` (keys ``<variant>_*``, default ``medsam2_*``; for
-        another variant also a nested ``options["<variant>"]`` mapping); a bad value raises
-        :class:`ConfigError` naming it."""
+        """Validate ``settings.options[variant.name]`` (and the deprecated flat
+        ``<variant>_<key>`` keys); a bad value raises :class:`ConfigError` naming the key
+        (``medsam2.window``), the value and what was expected."""
+        from ...options import parse_options
+
         variant = variant or MEDSAM2
         pre = variant.name
-        o: dict[str, Any] = dict(settings.options)
-        nested = o.get(pre) if pre != NAME else None
+        o = settings.options
+        known = {f.name for f in fields(cls)}
+        raw: dict[str, Any] = {k[len(pre) + 1:]: v for k, v in o.items()
+                               if isinstance(k, str) and k.startswith(f"{pre}_")
+                               and k[len(pre) + 1:] in known}
+        nested = o.get(pre)
         if isinstance(nested, Mapping):
-            for k, v in nested.items():
-                o.setdefault(f"{pre}_{k}", v)
-        kw: dict[str, Any] = {"checkpoint": variant.default_checkpoint}
-        if f"{pre}_checkpoint" in o:
-            v = o[f"{pre}_checkpoint"]
-            if not isinstance(v, (str, Path)) or not str(v):
-                raise ConfigError(f"Option '{pre}_checkpoint' must be a weights name or a "
-                                  f"file path; got {v!r}")
-            kw["checkpoint"] = str(v)
-        if f"{pre}_window" in o:
-            v = o[f"{pre}_window"]
-            if isinstance(v, str):
-                v = v.replace(",", " ").split()
-            try:
-                level, width = (float(x) for x in v)
-            except (TypeError, ValueError):
-                raise ConfigError(f"Option '{pre}_window' must be (level, width) in HU; "
-                                  f"got {o[f'{pre}_window']!r}") from None
-            if not (math.isfinite(level) and math.isfinite(width) and width > 0):
-                raise ConfigError(f"Option '{pre}_window' must have a finite level and a "
-                                  f"positive width; got {o[f'{pre}_window']!r}")
-            kw["window"] = (level, width)
-        if f"{pre}_scaling" in o:
-            v = o[f"{pre}_scaling"]
-            if v not in SCALINGS:
-                raise ConfigError(f"Option '{pre}_scaling' must be one of "
-                                  f"{', '.join(map(repr, SCALINGS))}; got {v!r}")
-            kw["scaling"] = str(v)
-        for key, attr, lo in ((f"{pre}_empty_stop", "empty_stop", 1),
-                              (f"{pre}_encoder_batch", "encoder_batch", 0)):
-            if key in o:
-                v = o[key]
-                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                    raise ConfigError(f"Option {key!r} must be an integer >= {lo}; got {v!r}")
-                kw[attr] = int(v)
-        for key, attr, positive in ((f"{pre}_z_margin_mm", "z_margin_mm", False),
-                                    (f"{pre}_cache_mb", "cache_mb", True)):
-            if key in o:
-                v = o[key]
-                ok = isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
-                if not ok or not math.isfinite(float(v)) or (float(v) <= 0 if positive
-                                                              else float(v) < 0):
-                    raise ConfigError(f"Option {key!r} must be a {'positive' if positive else 'non-negative'} "
-                                      f"number; got {v!r}")
-                kw[attr] = float(v)
-        if f"{pre}_bf16" in o:
-            v = o[f"{pre}_bf16"]
-            if not isinstance(v, bool):
-                raise ConfigError(f"Option '{pre}_bf16' must be true or false; got {v!r}")
-            kw["bf16"] = v
-        return cls(**kw)
+            raw.update(nested)
+        elif nested is not None:
+            raw = nested  # parse_options refuses it, naming the option
+        if isinstance(raw, dict):
+            raw.setdefault("checkpoint", variant.default_checkpoint)
+            if isinstance(raw["checkpoint"], Path) and str(raw["checkpoint"]):
+                raw["checkpoint"] = str(raw["checkpoint"])
+            for key in ("empty_stop", "encoder_batch"):
+                if isinstance(raw.get(key), np.integer):
+                    raw[key] = int(raw[key])
+            if "window" in raw:
+                raw["window"] = _window(raw["window"], pre)
+        opts = parse_options(cls, raw, pre)
+        _check_ranges(opts, pre)
+        return opts
+
+
+def _window(v: Any, pre: str) -> tuple[float, float]:
+    """(level, width) from a pair or a "level,width" string; finite, width > 0."""
+    given = v
+    if isinstance(v, str):
+        v = v.replace(",", " ").split()
+    try:
+        level, width = (float(x) for x in v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"Option '{pre}.window' must be (level, width) in HU; "
+                          f"got {given!r}") from None
+    if not (math.isfinite(level) and math.isfinite(width) and width > 0):
+        raise ConfigError(f"Option '{pre}.window' must have a finite level and a positive "
+                          f"width; got {given!r}")
+    return level, width
+
+
+def _check_ranges(o: MedSAM2Options, pre: str) -> None:
+    if not o.checkpoint:
+        raise ConfigError(f"Option '{pre}.checkpoint' must be a weights name or a file path; "
+                          f"got {o.checkpoint!r}")
+    if o.scaling not in SCALINGS:
+        raise ConfigError(f"Option '{pre}.scaling' must be one of "
+                          f"{', '.join(map(repr, SCALINGS))}; got {o.scaling!r}")
+    for key, lo in (("empty_stop", 1), ("encoder_batch", 0)):
+        if getattr(o, key) < lo:
+            raise ConfigError(f"Option '{pre}.{key}' must be an integer >= {lo}; got "
+                              f"{getattr(o, key)!r}")
+    if o.z_margin_mm < 0:
+        raise ConfigError(f"Option '{pre}.z_margin_mm' must be a non-negative number; got "
+                          f"{o.z_margin_mm!r}")
+    if o.cache_mb <= 0:
+        raise ConfigError(f"Option '{pre}.cache_mb' must be a positive number; got "
+                          f"{o.cache_mb!r}")
 
 
 # --------------------------------------------------------------------------- device

@@ -431,7 +431,8 @@ def load_base(init_checkpoint: str | os.PathLike[str] | None, settings: Settings
         log.warning("medsam2 training from RANDOM base weights (allow_random_base): for "
                     "tests only")
         return model, {"name": "random", "sha256": "", "trained": False}
-    s = settings.with_(options={**settings.options, "medsam2_checkpoint": str(init_checkpoint)})
+    s = settings.with_(options={**settings.options, "medsam2": {
+        **dict(settings.options.get("medsam2") or {}), "checkpoint": str(init_checkpoint)}})
     choice = M.resolve_checkpoint(s, M.MedSAM2Options.from_settings(s))
     model = M.load_model(choice.path, "cpu")
     if not choice.trained:
