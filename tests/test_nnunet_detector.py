@@ -334,7 +334,7 @@ def test_predict_path_end_to_end_with_test_weights(random_model, medsam2_checkpo
 def test_convert_dicom_rtstruct_study(pycerr_root, tmp_path):
     import SimpleITK as sitk
 
-    from autoprompt_seg.models.nnunet.train import convert_dataset
+    from autoprompt_seg.models.nnunet.dataset import convert_dataset
 
     src = tmp_path / "studies"
     src.mkdir()
