@@ -111,3 +111,20 @@ def resolve(architecture: str, ref: str | os.PathLike[str], weights_dir: Path | 
         return CheckpointChoice(p, fallback, sha, True, training_provenance(rec, model),
                                 TRAINED_HERE, rec)
     return CheckpointChoice(p, fallback, sha, False)
+
+
+def read_torch_file(path: str | os.PathLike[str]) -> Any:
+    """A checkpoint file's contents, read with ``torch.load(weights_only=True)`` (no pickled
+    code runs) onto the CPU. :class:`UnavailableError` for a missing, truncated or corrupt
+    file; what the contents must be is the caller's check."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise UnavailableError(f"checkpoint {str(p)!r}: no such file")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for damaged files
+        raise UnavailableError(f"checkpoint {str(p)!r} is truncated or corrupt and cannot be "
+                               f"read ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                               ) from e

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import ConfigError, UnavailableError
+from ...errors import ConfigError
 from .state import load_state_strict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,17 +106,11 @@ def read_checkpoint(path: str | Path, model: str | None = None) -> Cnn2dCheckpoi
     when given, must match the file's."""
     import torch
 
+    from ...weights import read_torch_file
     from .pixels import parse_window
 
     p = Path(path)
-    if not p.is_file():
-        raise UnavailableError(f"checkpoint {str(p)!r}: no such file")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for damaged files
-        raise UnavailableError(f"checkpoint {str(p)!r} is truncated or corrupt and cannot be "
-                               f"read ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-                               ) from e
+    obj = read_torch_file(p)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         found = (f"format {obj.get('format')!r}, keys {sorted(map(str, obj))[:8]}"
                  if isinstance(obj, dict) else type(obj).__name__)

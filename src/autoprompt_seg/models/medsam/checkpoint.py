@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from ...config import Settings
 from ...errors import ConfigError, UnavailableError
-from ...weights import CheckpointChoice, register_checker, resolve
+from ...weights import CheckpointChoice, read_torch_file, register_checker, resolve
 from .options import ARCHITECTURE, NAME, MedSAMOptions
 
 log = logging.getLogger(__name__)
@@ -68,13 +68,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise UnavailableError(f"checkpoint {str(path)!r}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for damaged files
-        raise UnavailableError(f"checkpoint {str(path)!r} is truncated or corrupt and cannot be "
-                               f"read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    obj = read_torch_file(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not obj or not all(

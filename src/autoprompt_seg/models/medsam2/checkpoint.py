@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...config import Settings
-from ...errors import ConfigError, UnavailableError
-from ...weights import CheckpointChoice, register_checker, resolve
+from ...errors import ConfigError
+from ...weights import CheckpointChoice, read_torch_file, register_checker, resolve
 from .options import MEDSAM2, POSTPROCESSING_OVERRIDES, SAM2, MedSAM2Options, Variant
 from .preprocess import FeatureCache
 
@@ -160,13 +160,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise UnavailableError(f"checkpoint {str(path)!r}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for damaged files
-        raise UnavailableError(f"checkpoint {str(path)!r} is truncated or corrupt and cannot be "
-                               f"read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    obj = read_torch_file(path)
     if not isinstance(obj, dict) or "model" not in obj:
         found = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
         raise ConfigError(f"checkpoint {str(path)!r} is not in sam2's checkpoint format: expected a dict "
