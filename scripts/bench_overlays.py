@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoprompt_seg.bench import datasets as ds
+from autoprompt_seg import datasets as ds
 from autoprompt_seg.bench.overlay import overlay_path, save_case_overlay
 from autoprompt_seg.bench.report import write_outputs
 from autoprompt_seg.bench.runner import CASES_FILE, read_rows

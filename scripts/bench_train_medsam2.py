@@ -24,7 +24,7 @@ import numpy as np
 
 
 def synthetic_case(nz: int, size: int = 512):  # type: ignore[no-untyped-def]
-    from autoprompt_seg.bench.datasets import Case
+    from autoprompt_seg.datasets import Case
     from autoprompt_seg.types import Volume
 
     rng = np.random.default_rng(0)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autoprompt_seg.bench.prompts import Jitter, case_seed, fill_slice_boxes, gt_prompts
+from autoprompt_seg.bench.prompts import case_seed, fill_slice_boxes, gt_prompts
+from autoprompt_seg.datasets.jitter import Jitter
 from autoprompt_seg.errors import ConfigError
 from autoprompt_seg.types import Box3D
 

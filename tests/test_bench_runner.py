@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from autoprompt_seg.bench import datasets as ds
+from autoprompt_seg import datasets as ds
 from autoprompt_seg.bench.metrics import case_metrics
 from autoprompt_seg.bench.runner import CASES_FILE, BenchConfig, read_rows, run_bench
 from autoprompt_seg.config import Settings

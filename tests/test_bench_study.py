@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoprompt_seg.bench.datasets import Case
 from autoprompt_seg.bench.study import (
     checkpoint_options,
     load_study,
@@ -15,6 +14,7 @@ from autoprompt_seg.bench.study import (
     split_cases,
     study_from_dict,
 )
+from autoprompt_seg.datasets import Case
 from autoprompt_seg.errors import ConfigError
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoprompt_seg.bench.datasets import Case
 from autoprompt_seg.config import Settings
+from autoprompt_seg.datasets import Case
 from autoprompt_seg.errors import ConfigError, UnavailableError
 from autoprompt_seg.types import Box3D, Volume
 

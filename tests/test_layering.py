@@ -154,6 +154,37 @@ def test_no_import_cycle():
     assert not real, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in real)
 
 
+#: The only bench modules that may import train/: a study (bench/study.py) trains its
+#: few-shot and fine-tune models before benchmarking them. The arrow runs one way only.
+BENCH_MODULES_THAT_TRAIN = {"autoprompt_seg.bench.study"}
+
+
+def test_train_does_not_import_bench():
+    bad = [f"{m} imports {t}" for m, targets in sorted(_graph().items())
+           if _top(m) == "train" for t in sorted(targets) if _top(t) == "bench"]
+    assert not bad, "train/ must take its data from datasets/, never bench/:\n" + \
+        "\n".join(bad)
+
+
+def test_bench_imports_train_only_where_it_trains():
+    graph = _graph()
+    bad = [f"{m} imports {t}" for m, targets in sorted(graph.items())
+           if _top(m) == "bench" and m not in BENCH_MODULES_THAT_TRAIN
+           for t in sorted(targets) if _top(t) == "train"]
+    assert not bad, "only bench/study.py may import train/:\n" + "\n".join(bad)
+    # and the one that does really uses it (else drop it from the allowed set)
+    for m in BENCH_MODULES_THAT_TRAIN:
+        assert any(_top(t) == "train" for t in graph[m]), m
+
+
+def test_datasets_sit_below_bench_and_train():
+    graph = _graph()
+    assert LAYERS["datasets"] < min(LAYERS["bench"], LAYERS["train"])
+    assert not (SRC / "bench" / "datasets.py").exists(), "one home: datasets/, not bench/"
+    users = {_top(m) for m, targets in graph.items() for t in targets if _top(t) == "datasets"}
+    assert {"bench", "train"} <= users
+
+
 def test_no_module_over_600_lines():
     long = sorted(f"{p.relative_to(SRC)}: {n}" for p in SRC.rglob("*.py")
                   if (n := len(p.read_text(encoding="utf-8").splitlines())) > 600)

@@ -321,7 +321,7 @@ def test_automatic_mode_and_argument_checks(medsam_checkpoint: Path, tmp_path: P
 
 
 def _blob_case(case_id: str, hu: np.ndarray, masks: list[np.ndarray]) -> Any:
-    from autoprompt_seg.bench.datasets import Case
+    from autoprompt_seg.datasets import Case
 
     lab = np.zeros((1,) + hu.shape, bool)
     for m in masks:

@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from autoprompt_seg.bench.datasets import Case, make_splits
+from autoprompt_seg.datasets import Case, make_splits
 from autoprompt_seg.errors import ConfigError, InputError
 from autoprompt_seg.train.data import (
     AugmentConfig,

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from autoprompt_seg.bench.datasets import Case
 from autoprompt_seg.config import Settings
+from autoprompt_seg.datasets import Case
 from autoprompt_seg.errors import ConfigError
 from autoprompt_seg.train.core import RunDir, TrainConfig, train_model
 from autoprompt_seg.types import Volume

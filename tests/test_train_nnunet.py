@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoprompt_seg.bench.datasets import Case
 from autoprompt_seg.config import Settings
+from autoprompt_seg.datasets import Case
 from autoprompt_seg.errors import ConfigError
 from autoprompt_seg.train.core import TrainConfig, train_model
 from nnunet_helpers import random_tiny_model, tiny_chest, volume_of

@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import datasets as ds
 from .. import registry
+from ..datasets.jitter import Jitter
 from ..errors import ConfigError
 from ..types import DEFAULT_MAX_LESIONS, DEFAULT_MIN_SCORE, OperatingPoint
-from . import datasets as ds
-from .prompts import PROTOCOLS, Jitter
+from .prompts import PROTOCOLS
 
 #: Detector name that means "manual prompts simulated from the ground truth".
 MANUAL_DETECTOR = "oracle"

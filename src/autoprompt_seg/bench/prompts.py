@@ -22,7 +22,9 @@ Protocols
 Jitter (per box, per axis y and x): the centre moves by ``U(-shift, shift) * size`` and
 the size is multiplied by ``U(1 - scale, 1 + scale)``; the result is rounded outwards and
 clipped to the image, never smaller than one voxel. The random generator is seeded per
-case (:func:`case_seed`), so results do not depend on case order or on resuming.
+case (:func:`case_seed`), so results do not depend on case order or on resuming. The jitter
+itself (:class:`~autoprompt_seg.datasets.jitter.Jitter`, ``jitter_box``) lives in
+:mod:`autoprompt_seg.datasets.jitter`, which the trainers use too.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..backends import ProgressFn
+from ..datasets.jitter import Jitter, jitter_box
 from ..errors import ConfigError
 from ..types import BackendInfo, Box3D, Volume
 
@@ -43,21 +46,6 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("key-slice", "every-k", "every-slice")
 MULTI_BOX_PROTOCOLS = ("every-k", "every-slice")
-
-
-@dataclass(frozen=True)
-class Jitter:
-    """Box jitter: ``shift`` as a fraction of the box size, ``scale`` a relative size
-    change; both in [0, 1)."""
-
-    shift: float = 0.0
-    scale: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("shift", "scale"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0.0 <= float(v) < 1.0):
-                raise ConfigError(f"Argument 'jitter_{name}' must lie in [0, 1); got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -73,29 +61,6 @@ class LesionPrompt:
 def case_seed(seed: int, case_id: str) -> int:
     """A stable per-case seed: ``seed`` mixed with the CRC32 of the case id."""
     return (int(seed) * 1_000_003 + zlib.crc32(case_id.encode("utf-8"))) % (2**32)
-
-
-def _jitter_range(lo: int, hi: int, n: int, jit: Jitter, rng: np.random.Generator
-                  ) -> tuple[int, int]:
-    size = hi - lo
-    centre = (lo + hi) / 2 + rng.uniform(-jit.shift, jit.shift) * size
-    new = size * rng.uniform(1 - jit.scale, 1 + jit.scale)
-    a = int(np.floor(centre - new / 2))
-    b = int(np.ceil(centre + new / 2))
-    a = min(max(a, 0), n - 1)
-    b = min(max(b, a + 1), n)
-    return a, b
-
-
-def jitter_box(box: Box3D, shape: tuple[int, int, int], jit: Jitter,
-               rng: np.random.Generator) -> Box3D:
-    """The box with its (y, x) extent jittered (z extent and key slice kept)."""
-    if jit.shift == 0 and jit.scale == 0:
-        return box
-    y0, y1 = _jitter_range(box.y0, box.y1, shape[1], jit, rng)
-    x0, x1 = _jitter_range(box.x0, box.x1, shape[2], jit, rng)
-    return Box3D(z0=box.z0, z1=box.z1, y0=y0, y1=y1, x0=x0, x1=x1, key_slice=box.key_slice,
-                 score=box.score, source=box.source, from_person=True)
 
 
 def _slice_box(mask2d: npt.NDArray[np.bool_], z: int, source: str) -> Box3D:

@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .. import datasets as ds
 from .. import registry
 from ..backends import is_promptable
 from ..config import Settings
@@ -74,7 +75,6 @@ from ..types import (
     Prediction,
     Volume,
 )
-from . import datasets as ds
 from .config import (
     NO_PROMPT_DETECTOR,
     PARADIGMS,

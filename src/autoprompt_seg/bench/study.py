@@ -307,7 +307,7 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
 
 def split_cases(study: StudyConfig, cases: Sequence[Any]) -> tuple[list[Any], list[Any]]:
     """(train pool, evaluation cases) under the study's split."""
-    from .datasets import load_splits, make_splits
+    from ..datasets import load_splits, make_splits
 
     if not (study.has_split or study.trains):
         return [], list(cases)
@@ -412,7 +412,7 @@ def run_study(study: StudyConfig, out_dir: str | os.PathLike[str] | None = None,
               on_stage: Any = None, save_overlays: bool = True) -> dict[str, Any]:
     """Train what the paradigms need, evaluate every job, write the report; returns the
     summary (:func:`autoprompt_seg.bench.outputs.write_outputs`)."""
-    from .datasets import get_cases
+    from ..datasets import get_cases
     from .outputs import write_outputs
     from .runner import BenchConfig, run_bench
 

@@ -245,7 +245,7 @@ def _method_cases(m: _MethodOptions) -> tuple[str, ...]:
                           f"and --split {m.split_name}")
     if m.splits_file is None or m.split_name is None:
         return m.cases
-    from ..bench.datasets import load_splits
+    from ..datasets import load_splits
 
     sp = load_splits(m.splits_file)
     if m.split_name not in sp["cases"]:
@@ -366,7 +366,7 @@ def splits_cmd(dataset: str, dataset_path: str | None, seed: int, fractions: str
       autoseg bench run --dataset msd --dataset-path Task06_Lung/ --splits splits.json \\
           --split test --out bench-out/
     """
-    from ..bench.datasets import get_cases, make_splits, save_splits
+    from ..datasets import get_cases, make_splits, save_splits
 
     try:
         fr = [float(x) for x in fractions.split(",")]

@@ -86,7 +86,7 @@ def train(model: str, dataset: str, dataset_path: str | None, roi: str,
       autoseg train medsam2 --dataset msd --dataset-path Task06_Lung --splits splits.json \\
           --init MedSAM2_latest.pt --shots 5 --device cuda --out runs/medsam2-k5
     """
-    from ..bench.datasets import get_cases, load_splits
+    from ..datasets import get_cases, load_splits
     from ..errors import ConfigError
     from ..train.core import TrainConfig, train_model
     from ..train.data import kshot_subsets

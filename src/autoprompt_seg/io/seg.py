@@ -1,7 +1,9 @@
 """DICOM-SEG ground truth read back as a label map on a volume's slices (highdicom).
 
 Writing a SEG is :mod:`autoprompt_seg.export.dicom_seg`'s job; reading one (the oracle's
-``--prompts-from SEG``, the benchmark's SEG ground truth, the round-trip tests) is here.
+``--prompts-from SEG``, the datasets' SEG ground truth, the round-trip tests) is here, as is
+finding one in a study folder (:func:`find_seg`) and picking a named segment
+(:func:`seg_roi_mask`).
 """
 
 from __future__ import annotations
@@ -70,3 +72,30 @@ def read_seg_labels(seg_path: str | os.PathLike[str], volume: Volume) -> npt.NDA
     labels[ks] = target
     log.info("read %s: %d segment(s) on %d of %d slice(s)", p, len(numbers), len(ks), nz)
     return labels
+
+
+def find_seg(folder: Path) -> Path | None:
+    """The first DICOM-SEG (Modality SEG) file under ``folder``, in sorted order."""
+    import pydicom
+
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+        except Exception:  # noqa: BLE001 - not DICOM: skip
+            continue
+        if str(ds.get("Modality", "")) == "SEG":
+            return path
+    return None
+
+
+def seg_roi_mask(seg_path: str | os.PathLike[str], volume: Volume, roi: str
+                 ) -> npt.NDArray[np.bool_]:
+    """Ground truth from a DICOM-SEG: the segment labelled ``roi`` if there is one, else the
+    union of all segments."""
+    import pydicom
+
+    labels = read_seg_labels(seg_path, volume)
+    ds = pydicom.dcmread(seg_path, stop_before_pixels=True)
+    numbers = [int(item.SegmentNumber) for item in ds.get("SegmentSequence", [])
+               if str(item.get("SegmentLabel", "")) == roi]
+    return np.isin(labels, numbers) if numbers else labels > 0

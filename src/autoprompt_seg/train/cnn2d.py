@@ -71,8 +71,8 @@ from typing import Any
 
 import numpy as np
 
-from ..bench.datasets import Case
 from ..config import Settings, resolve_device
+from ..datasets import Case
 from ..errors import BackendError, ConfigError
 from ..models.cnn2d import checkpoint as cnn2d_ck
 from ..models.cnn2d.segmenter import autocast

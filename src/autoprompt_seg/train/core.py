@@ -281,7 +281,7 @@ def seed_everything(seed: int) -> None:
 def train_model(cfg: TrainConfig, cases: Sequence[Any], out_dir: str | os.PathLike[str], *,
                 settings: Settings | None = None, init_checkpoint: str | None = None,
                 progress: TrainProgress | None = None) -> TrainResult:
-    """Train ``cfg.model`` on ``cases`` (bench :class:`~autoprompt_seg.bench.datasets.Case`
+    """Train ``cfg.model`` on ``cases`` (bench :class:`~autoprompt_seg.datasets.Case`
     objects) into ``out_dir``; resumes an interrupted run, returns a finished one at once.
 
     ``init_checkpoint`` starts from given weights (fine-tuning a pretrained model);

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from ..bench.datasets import Case, load_case
+from ..datasets import Case, load_case
 from ..errors import ConfigError, InputError
 from ..models.cnn2d.pixels import (  # noqa: F401 - part of this module's API
     DEFAULT_WINDOW,
@@ -113,7 +113,7 @@ class TrainingVolume:
 
 def load_training_set(cases: Sequence[Case], hu_dtype: Any = np.float32
                       ) -> list[TrainingVolume]:
-    """Load every case (:func:`~autoprompt_seg.bench.datasets.load_case`) into host memory.
+    """Load every case (:func:`~autoprompt_seg.datasets.load_case`) into host memory.
 
     A case that fails to load (:class:`InputError`: missing label, empty ROI, geometry
     mismatch...) is logged and skipped; when none is left, :class:`InputError` names them.

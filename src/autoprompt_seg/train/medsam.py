@@ -76,8 +76,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..bench.datasets import Case
 from ..config import Settings, resolve_device
+from ..datasets import Case
 from ..errors import BackendError, ConfigError, InputError
 from ..models import medsam as M
 from ..models.medsam import embedding_key, encoder_fingerprint

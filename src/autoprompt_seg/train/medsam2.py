@@ -234,7 +234,7 @@ class FeatureStore:
     def prepare(self, case: Any, clip_len: int) -> CaseIndex:
         """Index one case and cache the features of every slice its clips visit. A case
         whose index and slice files are all present is not loaded again."""
-        from ..bench.datasets import load_case
+        from ..datasets import load_case
 
         key = _case_key(case.case_id)
         cdir = self.root / key
@@ -403,7 +403,7 @@ class _Batcher:
 
     def box(self, a: Anchor, rng: np.random.Generator) -> torch.Tensor:
         """The jittered box of the clip's first frame at 512 px, (x0, y0, x1, y1)."""
-        from ..bench.prompts import Jitter, jitter_box
+        from ..datasets.jitter import Jitter, jitter_box
         from ..models import medsam2 as M
         from ..types import Box3D
 

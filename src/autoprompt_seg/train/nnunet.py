@@ -46,7 +46,7 @@ def write_msd_layout(cases: Sequence[Any], root: Path) -> list[str]:
     import numpy as np
     import SimpleITK as sitk
 
-    from ..bench.datasets import load_case
+    from ..datasets import load_case
     from ..io.image import volume_to_sitk
 
     (root / "imagesTr").mkdir(parents=True, exist_ok=True)

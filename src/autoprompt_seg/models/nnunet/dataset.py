@@ -34,19 +34,6 @@ def _write_case(raw: Path, case: str, hu: np.ndarray, labels: np.ndarray,
         sitk.WriteImage(im, str(path), useCompression=True)
 
 
-def _find_seg(folder: Path) -> Path | None:
-    import pydicom
-
-    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
-        try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["Modality"])
-        except Exception:  # noqa: BLE001 - not DICOM
-            continue
-        if str(ds.get("Modality", "")) == "SEG":
-            return p
-    return None
-
-
 def _is_msd(data: Path) -> bool:
     return (data / "dataset.json").is_file() and (data / "imagesTr").is_dir() \
         and (data / "labelsTr").is_dir()
@@ -97,10 +84,11 @@ def convert_dataset(data: Path, raw: Path, roi_name: str = "GTV-1") -> int:
         from ...io.dicom import load_study
         from ...io.groundtruth import mask_from_ground_truth
         from ...io.rtstruct import find_rtstruct
+        from ...io.seg import find_seg
 
         studies = [data] if _has_dicom(data) else sorted(p for p in data.iterdir() if p.is_dir())
         for study in studies:
-            gt = find_rtstruct(study) or _find_seg(study)
+            gt = find_rtstruct(study) or find_seg(study)
             if gt is None:
                 raise InputError(f"study {str(study)!r} holds no RTSTRUCT or SEG ground truth")
             vol, _ = load_study(study)

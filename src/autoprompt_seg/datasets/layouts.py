@@ -1,5 +1,5 @@
-"""Benchmark datasets: each one a list of :class:`Case` (an image volume plus a binary
-ground-truth tumour mask on the same voxel grid), and seeded patient-level splits.
+"""Dataset layouts: each one a list of :class:`~.cases.Case` (an image volume plus a binary
+ground-truth tumour mask on the same voxel grid).
 
 Layouts (``dataset`` name -> adapter):
 
@@ -28,64 +28,21 @@ skip it. Not yet supported: DICOM-SEG ground truth.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from ..errors import ConfigError, InputError
 from ..types import Volume
+from .cases import Case, Mask
 
-log = logging.getLogger(__name__)
-
-Mask = npt.NDArray[np.bool_]
 DATASETS = ("pycerr", "nsclc", "msd", "pairs")
 DEFAULT_ROI = "GTV-1"
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Geometry tolerance between an image and its label (mm, and direction cosines).
 GEOMETRY_TOL = 1e-3
-
-
-@dataclass(frozen=True)
-class Case:
-    """One evaluation case: lazily loaded image and GT mask."""
-
-    case_id: str
-    patient_id: str
-    load_volume: Callable[[], Volume] = field(repr=False, compare=False)
-    load_label: Callable[[Volume], Mask] = field(repr=False, compare=False)
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.case_id or "/" in self.case_id:
-            raise ValueError(f"Argument 'case_id' must be a non-empty name without '/'; "
-                             f"got {self.case_id!r}")
-        if not self.patient_id:
-            raise ValueError(f"Argument 'patient_id' must be non-empty; got {self.patient_id!r}")
-
-
-def load_case(case: Case) -> tuple[Volume, Mask]:
-    """Load a case and check it; :class:`InputError` names the case and the problem."""
-    try:
-        volume = case.load_volume()
-        mask = np.asarray(case.load_label(volume))
-    except InputError as e:
-        raise InputError(f"case {case.case_id}: {e}") from e
-    except (OSError, ValueError, KeyError) as e:
-        raise InputError(f"case {case.case_id}: {type(e).__name__}: {e}") from e
-    if mask.shape != volume.shape:
-        raise InputError(f"case {case.case_id}: label shape {mask.shape} differs from the "
-                         f"image shape {volume.shape}")
-    mask = mask.astype(bool, copy=False)
-    if not mask.any():
-        raise InputError(f"case {case.case_id}: the ground-truth ROI is empty")
-    return volume, mask
 
 
 # --------------------------------------------------------------------------- image files
@@ -199,46 +156,19 @@ def _dicom_loader(folder: Path) -> Callable[[], Volume]:
     return load
 
 
-def find_seg(folder: Path) -> Path | None:
-    """The first DICOM-SEG (Modality SEG) file under ``folder``, in sorted order."""
-    import pydicom
-
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
-        except Exception:  # noqa: BLE001 - not DICOM: skip
-            continue
-        if str(ds.get("Modality", "")) == "SEG":
-            return path
-    return None
-
-
-def _seg_mask(seg_path: Path, volume: Volume, roi: str) -> Mask:
-    """Ground truth from a DICOM-SEG: the segment labelled ``roi`` if there is one, else the
-    union of all segments."""
-    import pydicom
-
-    from ..io.seg import read_seg_labels
-
-    labels = read_seg_labels(seg_path, volume)
-    ds = pydicom.dcmread(seg_path, stop_before_pixels=True)
-    numbers = [int(item.SegmentNumber) for item in ds.get("SegmentSequence", [])
-               if str(item.get("SegmentLabel", "")) == roi]
-    return np.isin(labels, numbers) if numbers else labels > 0
-
-
 def _rtstruct_loader(folder: Path, roi: str) -> Callable[[Volume], Mask]:
     """Ground truth of a DICOM study folder: its RTSTRUCT ROI ``roi``, else its DICOM-SEG."""
 
     def load(volume: Volume) -> Mask:
         from ..io.rtstruct import find_rtstruct, load_roi_mask
+        from ..io.seg import find_seg, seg_roi_mask
 
         rs = find_rtstruct(folder)
         if rs is not None:
             return load_roi_mask(rs, volume, roi)
         seg = find_seg(folder)
         if seg is not None:
-            return _seg_mask(seg, volume, roi)
+            return seg_roi_mask(seg, volume, roi)
         raise InputError(f"{folder}: no RTSTRUCT or DICOM-SEG ground truth (missing label)")
 
     return load
@@ -284,50 +214,3 @@ def get_cases(dataset: str, path: str | os.PathLike[str] | None = None, *,
     if dataset == "msd":
         return msd_cases(path)
     return pairs_cases(path)
-
-
-# --------------------------------------------------------------------------- splits
-
-
-def make_splits(cases: Sequence[Case], seed: int = 0,
-                fractions: Sequence[float] = (0.7, 0.1, 0.2),
-                names: Sequence[str] = ("train", "val", "test")) -> dict[str, Any]:
-    """Seeded split by patient: every case of a patient lands in the same split.
-
-    Patients are sorted, shuffled with ``random.Random(seed)`` and cut by ``fractions``
-    (rounded; the last split takes the rest). Returns a JSON-ready dict.
-    """
-    if len(fractions) != len(names) or any(f < 0 for f in fractions) or \
-            abs(sum(fractions) - 1.0) > 1e-6:
-        raise ConfigError(f"Argument 'fractions' must be {len(names)} non-negative numbers "
-                          f"summing to 1; got {list(fractions)!r}")
-    patients = sorted({c.patient_id for c in cases})
-    random.Random(seed).shuffle(patients)
-    out: dict[str, list[str]] = {}
-    start = 0
-    for i, (name, frac) in enumerate(zip(names, fractions)):
-        stop = len(patients) if i == len(names) - 1 else start + round(frac * len(patients))
-        out[name] = sorted(patients[start:stop])
-        start = stop
-    by_patient = {n: sorted(c.case_id for c in cases if c.patient_id in set(ps))
-                  for n, ps in out.items()}
-    return {"version": 1, "seed": seed, "fractions": list(fractions), "patients": out,
-            "cases": by_patient}
-
-
-def save_splits(splits: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(splits, indent=2) + "\n", encoding="utf-8")
-    return p
-
-
-def load_splits(path: str | os.PathLike[str]) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--splits {p}: cannot be read ({e})") from e
-    if not isinstance(data, dict) or "cases" not in data:
-        raise ConfigError(f"--splits {p}: not a splits file (no 'cases' key)")
-    return data
