@@ -136,12 +136,14 @@ BACKENDS += (
         name="unet", kind="segmenter",
         summary="2-D U-Net (MONAI), slice by slice at 512 px, no prompt: its mask components "
                 "(baseline of the paper; train it with a bench config)",
-        factory=".models.cnn2d.segmenter:create_unet", requires=("torch", "monai", "scipy")),
+        factory=".models.cnn2d.segmenter:create_unet", requires=("torch", "monai", "scipy"),
+        options=".models.cnn2d.segmenter:Cnn2dOptions"),
     BackendSpec(
         name="deeplabv3", kind="segmenter",
         summary="2-D DeepLabV3 ResNet-50/101 (torchvision), slice by slice at 512 px, no "
                 "prompt: its mask components (baseline of the paper)",
-        factory=".models.cnn2d.segmenter:create_deeplab", requires=("torch", "torchvision", "scipy")),
+        factory=".models.cnn2d.segmenter:create_deeplab", requires=("torch", "torchvision", "scipy"),
+        options=".models.cnn2d.segmenter:Cnn2dOptions"),
     BackendSpec(
         name="medsam", kind="segmenter",
         summary="2-D MedSAM (SAM ViT-B, segment-anything): one box per slice; a detector's "

@@ -64,19 +64,21 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import Settings, resolve_device
+from ..config import Settings
 from ..datasets import Case
-from ..errors import BackendError, ConfigError
+from ..errors import ConfigError
 from ..models.cnn2d import checkpoint as cnn2d_ck
 from ..models.cnn2d.segmenter import autocast
-from .core import RunDir, TrainConfig, TrainProgress, TrainResult, seed_everything
+from .core import RunDir, TrainConfig, TrainProgress, TrainResult, run_device, seed_everything
 from .data import (
     DEFAULT_WINDOW,
     SliceSampler,
@@ -88,28 +90,43 @@ from .data import (
 
 log = logging.getLogger(__name__)
 
-OPTION_KEYS = ("arch", "pos_fraction", "augment", "window", "backbone_weights", "log_every",
-               "bf16", "bn_batches")
 DEFAULT_BN_BATCHES = 32
 
 
-def _options(cfg: TrainConfig) -> dict[str, Any]:
-    o = dict(cfg.options)
-    unknown = sorted(set(o) - set(OPTION_KEYS))
-    if unknown:
-        raise ConfigError(f"TrainConfig options for {cfg.model}: unknown key(s) "
-                          f"{', '.join(map(repr, unknown))}; known: {', '.join(OPTION_KEYS)}")
-    for key in ("augment", "bf16"):
-        if key in o and not isinstance(o[key], bool):
-            raise ConfigError(f"Option {key!r} must be true or false; got {o[key]!r}")
-    for key, lo in (("log_every", 1), ("bn_batches", 0)):
-        v = o.get(key, lo)
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ConfigError(f"Option {key!r} must be an integer >= {lo}; got {v!r}")
-    if o.get("backbone_weights") is not None and cfg.model != "deeplabv3":
-        raise ConfigError(f"Option 'backbone_weights' only applies to deeplabv3; got it for "
-                          f"{cfg.model}")
-    return o
+@dataclass(frozen=True)
+class Cnn2dTrainOptions:
+    """``cfg.options`` of a unet / deeplabv3 run (module docstring), parsed by
+    :func:`autoprompt_seg.options.parse_options` (errors name ``train.<model>.<key>``)."""
+
+    arch: Any = None  # None = the model's default architecture
+    pos_fraction: float = 0.5
+    augment: bool = True
+    window: tuple[float, float] | None = None  # None = the default or the init checkpoint's
+    backbone_weights: str | None = None
+    log_every: int = 1
+    bf16: bool = True
+    bn_batches: int = DEFAULT_BN_BATCHES
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Cnn2dTrainOptions:
+        from ..options import parse_options
+
+        label = f"train.{cfg.model}"
+        raw = {k: (int(v) if isinstance(v, np.integer) else
+                   float(v) if isinstance(v, np.floating) else
+                   str(v) if k == "backbone_weights" and isinstance(v, os.PathLike) else v)
+               for k, v in cfg.options.items()}
+        if raw.get("window") is not None:
+            raw["window"] = parse_window(raw["window"])
+        o = parse_options(cls, raw, label)
+        for key, lo in (("log_every", 1), ("bn_batches", 0)):
+            if getattr(o, key) < lo:
+                raise ConfigError(f"Option '{label}.{key}' must be an integer >= {lo}; "
+                                  f"got {getattr(o, key)!r}")
+        if o.backbone_weights is not None and cfg.model != "deeplabv3":
+            raise ConfigError(f"Option '{label}.backbone_weights' only applies to deeplabv3; "
+                              f"got it for {cfg.model}")
+        return o
 
 
 def initial_net(cfg: TrainConfig, init_checkpoint: str | Path | None = None
@@ -120,16 +137,16 @@ def initial_net(cfg: TrainConfig, init_checkpoint: str | Path | None = None
     Returns (network on the CPU, architecture, window, provenance of the start weights).
     With zero training, this is the "untrained self" a trained model is compared with.
     """
-    o = _options(cfg)
+    o = Cnn2dTrainOptions.from_config(cfg)
     seed_everything(cfg.seed)
     start: dict[str, Any] = {"init": "random", "seed": cfg.seed}
     if init_checkpoint is not None:
         ck = cnn2d_ck.read_checkpoint(init_checkpoint, cfg.model)
-        if "arch" in o and cnn2d_ck.normalise_arch(cfg.model, o["arch"]) != ck.arch:
-            raise ConfigError(f"Option 'arch' {o['arch']!r} differs from the architecture "
+        if o.arch is not None and cnn2d_ck.normalise_arch(cfg.model, o.arch) != ck.arch:
+            raise ConfigError(f"Option 'arch' {o.arch!r} differs from the architecture "
                               f"{ck.arch} of the init checkpoint {str(ck.path)!r}")
         arch = ck.arch
-        window = parse_window(o["window"]) if "window" in o else ck.window
+        window = o.window if o.window is not None else ck.window
         if ck.image_size != cfg.image_size:
             log.warning("init checkpoint %s was trained at %d px; fine-tuning at %d px",
                         ck.path, ck.image_size, cfg.image_size)
@@ -138,10 +155,10 @@ def initial_net(cfg: TrainConfig, init_checkpoint: str | Path | None = None
 
         start = {"init": "checkpoint", "file": str(ck.path), "sha256": sha256_file(ck.path)}
     else:
-        arch = cnn2d_ck.normalise_arch(cfg.model, o.get("arch"))
-        window = parse_window(o["window"]) if "window" in o else DEFAULT_WINDOW
+        arch = cnn2d_ck.normalise_arch(cfg.model, o.arch)
+        window = o.window if o.window is not None else DEFAULT_WINDOW
         net = cnn2d_ck.build_net(cfg.model, arch)
-        bw = o.get("backbone_weights")
+        bw = o.backbone_weights
         if bw is not None:
             from ..models.cnn2d.deeplab import load_backbone_weights
 
@@ -167,21 +184,19 @@ def train(cfg: TrainConfig, cases: Sequence[Case], run: RunDir, *, settings: Set
     from torch.optim.swa_utils import update_bn
 
     cnn2d_ck.check_model(cfg.model)
-    o = _options(cfg)
+    o = Cnn2dTrainOptions.from_config(cfg)
     if cfg.model == "deeplabv3" and cfg.batch_size < 2:
         raise ConfigError(f"Argument 'batch_size' must be >= 2 for deeplabv3 (its ASPP "
                           f"pooling branch has batch norm over a 1x1 map); got "
                           f"{cfg.batch_size}")
-    device = resolve_device(cfg.device if cfg.device != "auto" else settings.device)
-    if settings.threads > 0:
-        torch.set_num_threads(settings.threads)
-    bf16 = bool(o.get("bf16", True)) and device == "cuda"
-    augment = bool(o.get("augment", True))
-    log_every = int(o.get("log_every", 1))
+    device = run_device(cfg, settings)
+    bf16 = o.bf16 and device == "cuda"
+    augment = o.augment
+    log_every = o.log_every
 
     net, arch, window, start_from = initial_net(cfg, init_checkpoint)
     volumes = load_training_set(cases, hu_dtype=np.int16)
-    sampler = SliceSampler(volumes, o.get("pos_fraction", 0.5), cfg.seed)
+    sampler = SliceSampler(volumes, o.pos_fraction, cfg.seed)
     steps = cfg.steps_per_epoch or max(1, math.ceil(sampler.epoch_length() / cfg.batch_size))
     total = steps * cfg.epochs
 
@@ -215,11 +230,7 @@ def train(cfg: TrainConfig, cases: Sequence[Case], run: RunDir, *, settings: Set
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise BackendError(f"{cfg.model} training diverged at epoch {epoch + 1}, step "
-                                  f"{s + 1} (loss {value}); lower the learning rate "
-                                  f"(lr={cfg.lr})")
+            value = run.checked_loss(loss, epoch, s)
             losses.append(value)
             pending.append(value)
             step = epoch * steps + s + 1
@@ -237,7 +248,7 @@ def train(cfg: TrainConfig, cases: Sequence[Case], run: RunDir, *, settings: Set
         log.info("%s epoch %d/%d: loss %.4f (%.1f s)", cfg.model, epoch + 1, cfg.epochs,
                  float(np.mean(losses)), secs)
 
-    bn_batches = int(o.get("bn_batches", DEFAULT_BN_BATCHES))
+    bn_batches = o.bn_batches
     if bn_batches and has_batch_norm(net):
         items = sampler.sample(bn_batches * cfg.batch_size, 0, stream=1)
         batches = (make_batch(volumes, items[i:i + cfg.batch_size], window,
@@ -248,11 +259,7 @@ def train(cfg: TrainConfig, cases: Sequence[Case], run: RunDir, *, settings: Set
         log.info("%s: batch-norm statistics re-estimated over %d batch(es)", cfg.model,
                  bn_batches)
 
-    if last_epoch_losses:
-        final_loss = float(np.mean(last_epoch_losses))
-    else:  # resumed after the last epoch's state was saved
-        rows = [r for r in run.losses() if r.get("kind") == "epoch"]
-        final_loss = float(rows[-1]["loss"]) if rows else float("nan")
+    final_loss = run.final_loss(last_epoch_losses)
     ck = cnn2d_ck.checkpoint_dict(cfg.model, arch, window, cfg.image_size, net.state_dict())
     extra = {"arch": arch, "preprocess": ck["preprocess"], "start": start_from,
              "bn_batches": bn_batches if has_batch_norm(net) else 0,
@@ -261,9 +268,3 @@ def train(cfg: TrainConfig, cases: Sequence[Case], run: RunDir, *, settings: Set
              "session_seconds": round(time.perf_counter() - t_session, 3)}
     return run.finish(ck, f"{cfg.model}.pt", epochs=cfg.epochs, final_loss=final_loss,
                       extra=extra)
-
-
-def options_for_checkpoint(model: str, checkpoint: str | Path,
-                           extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``Settings.options`` entry that makes the ``model`` segmenter use ``checkpoint``."""
-    return {model: {"checkpoint": str(checkpoint), **dict(extra or {})}}

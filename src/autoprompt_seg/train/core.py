@@ -25,6 +25,7 @@ import hashlib
 import importlib
 import json
 import logging
+import math
 import os
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -32,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings
-from ..errors import ConfigError
+from ..config import Settings, resolve_device
+from ..errors import BackendError, ConfigError
 from ..io.atomic import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def device_choice(self, settings: Settings) -> str:
+        """Where the run goes: ``device`` unless it is ``auto``, then ``settings.device``
+        (``auto``, ``cpu`` or ``cuda``, not yet resolved). The one place where a trainer
+        merges the two; the torch trainers resolve it with :func:`run_device`."""
+        return self.device if self.device != "auto" else settings.device
 
     def config_hash(self) -> str:
         """12 hex digits of the SHA-256 of every field except ``device`` (where a run
@@ -233,6 +240,27 @@ class RunDir:
                 continue
         return out
 
+    def checked_loss(self, loss: Any, epoch: int, step: int) -> float:
+        """The float value of a step's ``loss`` (``epoch``, ``step`` 0-based); a NaN or
+        infinite one raises :class:`BackendError` (the run diverged)."""
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise BackendError(f"{self.cfg.model} training diverged at epoch {epoch + 1}, step "
+                               f"{step + 1} (loss {value}); lower the learning rate "
+                               f"(lr={self.cfg.lr})")
+        return value
+
+    def final_loss(self, last_epoch_losses: Sequence[float]) -> float:
+        """The run's final loss: the mean over the last epoch trained in this session, or,
+        when this session trained none (resumed after the last epoch's state was saved),
+        the last epoch row of ``loss.jsonl``."""
+        if last_epoch_losses:
+            import numpy as np
+
+            return float(np.mean(last_epoch_losses))
+        rows = [r for r in self.losses() if r.get("kind") == "epoch"]
+        return float(rows[-1]["loss"]) if rows else float("nan")
+
     # ------------------------------------------------------------------ finish
     def finish(self, checkpoint_obj: Any, filename: str, *, epochs: int, final_loss: float,
                extra: Mapping[str, Any] | None = None,
@@ -267,6 +295,18 @@ class RunDir:
                            config_hash=self.config_hash,
                            final_loss=float(rec["final_loss"]), run_dir=self.path,
                            record=dict(rec))
+
+
+def run_device(cfg: TrainConfig, settings: Settings) -> str:
+    """The torch device (``cpu`` or ``cuda``) a trainer runs on: :meth:`TrainConfig.
+    device_choice` resolved by :func:`autoprompt_seg.config.resolve_device`; also applies
+    ``settings.threads`` to torch."""
+    device = resolve_device(cfg.device_choice(settings))
+    if settings.threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    return device
 
 
 def seed_everything(seed: int) -> None:

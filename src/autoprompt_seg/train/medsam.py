@@ -69,19 +69,27 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ..config import Settings, resolve_device
+from ..config import Settings
 from ..datasets import Case
 from ..errors import BackendError, ConfigError, InputError
 from ..models import medsam as M
 from ..models.medsam import embedding_key, encoder_fingerprint
-from .core import STATE_FILE, RunDir, TrainConfig, TrainProgress, TrainResult, seed_everything
+from .core import (
+    STATE_FILE,
+    RunDir,
+    TrainConfig,
+    TrainProgress,
+    TrainResult,
+    run_device,
+    seed_everything,
+)
 from .data import load_training_set
 
 log = logging.getLogger(__name__)
@@ -113,41 +121,35 @@ class MedSAMTrainOptions:
 
     @classmethod
     def from_mapping(cls, o: Mapping[str, Any]) -> MedSAMTrainOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(o) - known)
-        if unknown:
-            raise ConfigError(f"Argument 'options' has unknown key(s) for medsam: "
-                              f"{', '.join(map(str, unknown))}; known: {', '.join(sorted(known))}")
-        kw: dict[str, Any] = {}
+        """``cfg.options`` checked by :func:`autoprompt_seg.options.parse_options` (errors
+        name ``train.medsam.<key>``), then the ranges."""
+        from ..options import parse_options
+
+        label = "train.medsam"
+        raw: dict[str, Any] = {}
+        for k, v in o.items():
+            if isinstance(v, np.integer):
+                v = int(v)
+            elif isinstance(v, np.floating):
+                v = float(v)
+            elif k == "embedding_cache" and isinstance(v, os.PathLike):
+                v = str(v)
+            raw[k] = v
+        if "preprocess" in raw:
+            raw["preprocess"] = M.parse_preprocess(raw["preprocess"], f"{label}.preprocess")
+        if "window" in raw:
+            raw["window"] = M.parse_window(raw["window"], f"{label}.window")
+        opts = parse_options(cls, raw, label)
         for key in ("box_shift", "min_slice_pixels", "max_slices_per_lesion", "encoder_batch"):
-            if key in o:
-                v = o[key]
-                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-                    raise ConfigError(f"Option {key!r} must be an integer >= 0; got {v!r}")
-                kw[key] = int(v)
+            if getattr(opts, key) < 0:
+                raise ConfigError(f"Option '{label}.{key}' must be an integer >= 0; "
+                                  f"got {getattr(opts, key)!r}")
         for key, hi in (("box_scale", 0.9), ("weight_decay", 10.0),
                         ("embedding_ram_mb", math.inf)):
-            if key in o:
-                v = o[key]
-                ok = isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
-                if not ok or not (0.0 <= float(v) <= hi) or math.isnan(float(v)):
-                    raise ConfigError(f"Option {key!r} must be a number in [0, {hi}]; got {v!r}")
-                kw[key] = float(v)
-        for key in ("bf16", "allow_random_base"):
-            if key in o:
-                if not isinstance(o[key], bool):
-                    raise ConfigError(f"Option {key!r} must be true or false; got {o[key]!r}")
-                kw[key] = o[key]
-        if "preprocess" in o:
-            kw["preprocess"] = M.parse_preprocess(o["preprocess"], "preprocess")
-        if "window" in o:
-            kw["window"] = M.parse_window(o["window"], "window")
-        if "embedding_cache" in o:
-            v = o["embedding_cache"]
-            if not isinstance(v, (str, os.PathLike)):
-                raise ConfigError(f"Option 'embedding_cache' must be a folder path; got {v!r}")
-            kw["embedding_cache"] = str(v)
-        return cls(**kw)
+            if not 0.0 <= getattr(opts, key) <= hi:
+                raise ConfigError(f"Option '{label}.{key}' must be a number in [0, {hi}]; "
+                                  f"got {getattr(opts, key)!r}")
+        return opts
 
 
 # --------------------------------------------------------------------------- items
@@ -360,9 +362,7 @@ def train(cfg: TrainConfig, cases: Sequence[Case], run: RunDir, *, settings: Set
         raise ConfigError(f"Argument 'cfg.model' must be 'medsam' for this trainer; got "
                           f"{cfg.model!r}")
     o = MedSAMTrainOptions.from_mapping(cfg.options)
-    device = resolve_device(cfg.device if cfg.device != "auto" else settings.device)
-    if settings.threads > 0:
-        torch.set_num_threads(settings.threads)
+    device = run_device(cfg, settings)
     if float(cfg.lr) > 1e-3:
         log.warning("medsam training at lr %g: MedSAM's recipe uses %g (AdamW)", cfg.lr,
                     MEDSAM_LR)
@@ -425,11 +425,7 @@ def train(cfg: TrainConfig, cases: Sequence[Case], run: RunDir, *, settings: Set
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise BackendError(f"medsam training diverged at epoch {epoch + 1}, step "
-                                   f"{s + 1} (loss {value}); lower the learning rate "
-                                   f"(lr={cfg.lr})")
+            value = run.checked_loss(loss, epoch, s)
             losses.append(value)
             step = epoch * steps + s + 1
             run.log(kind="step", epoch=epoch + 1, step=step, loss=value)
@@ -443,11 +439,7 @@ def train(cfg: TrainConfig, cases: Sequence[Case], run: RunDir, *, settings: Set
         log.info("medsam epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, cfg.epochs,
                  float(np.mean(losses)), secs)
 
-    if last_epoch_losses:
-        final_loss = float(np.mean(last_epoch_losses))
-    else:  # resumed after the last epoch's state was saved
-        rows = [r for r in run.losses() if r.get("kind") == "epoch"]
-        final_loss = float(rows[-1]["loss"]) if rows else float("nan")
+    final_loss = run.final_loss(last_epoch_losses)
     sam.eval()
     sd = {k: v.detach().cpu() for k, v in sam.state_dict().items()}
     from ..weights import load_manifest, training_record

@@ -118,7 +118,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from ..config import Settings, resolve_device
+from ..config import Settings
 from ..errors import BackendError, ConfigError, InputError
 from ..models.medsam2.training import (
     DEFAULT_LOSS_WEIGHTS,
@@ -149,6 +149,7 @@ from .core import (
     TrainResult,
     atomic_write_bytes,
     atomic_write_text,
+    run_device,
     seed_everything,
 )
 
@@ -453,9 +454,7 @@ def train(cfg: TrainConfig, cases: Sequence[Any], run: RunDir, *, settings: Sett
     from ..models import medsam2 as M
 
     opts = MedSAM2TrainOptions.from_options(cfg.options)
-    device = resolve_device(cfg.device if cfg.device != "auto" else settings.device)
-    if settings.threads > 0:
-        torch.set_num_threads(settings.threads)
+    device = run_device(cfg, settings)
     seg_opts = M.MedSAM2Options.from_settings(settings)
     bf16 = seg_opts.bf16
     if float(cfg.lr) > 1e-3:

@@ -93,7 +93,7 @@ def train(cfg: TrainConfig, cases: Sequence[Any], run: RunDir, *, settings: Sett
         data=data, out=run.path / "model", epochs=cfg.epochs,
         iterations_per_epoch=cfg.steps_per_epoch or 250,
         val_iterations=int(o["val_iterations"]), target_spacing_mm=float(o["target_spacing_mm"]),
-        device=cfg.device, base_features=int(o["base_features"]),
+        device=cfg.device_choice(settings), base_features=int(o["base_features"]),
         max_features=int(o["max_features"]), max_stages=int(o["max_stages"]),
         threads=int(o["threads"]), work_dir=run.path / "work", seed=cfg.seed,
         initial_lr=float(cfg.lr), augment=bool(o["augment"]))

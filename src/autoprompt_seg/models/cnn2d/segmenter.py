@@ -87,7 +87,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,42 +120,31 @@ TRAIN_ONLY_OPTIONS = ("arch", "pos_fraction", "augment", "window", "backbone_wei
 
 @dataclass(frozen=True)
 class Cnn2dOptions:
-    """``Settings.options[<model>]`` of a 2-D CNN segmenter (module docstring)."""
+    """``Settings.options[<model>]`` of a 2-D CNN segmenter (module docstring), parsed by
+    :func:`autoprompt_seg.options.parse_options`; the trainer's keys
+    (:data:`TRAIN_ONLY_OPTIONS`) may sit in the same mapping and are ignored here."""
 
-    checkpoint: Path | None = None
-    batch_size: int = 0  # 0 = auto (4 on the CPU, 16 on CUDA)
-    bf16: bool = True
+    checkpoint: Path | None = field(default=None, metadata={
+        "help": "autoseg-cnn2d/1 checkpoint file (required to run)"})
+    batch_size: int = field(default=0, metadata={
+        "help": "slices per forward pass; 0 = auto (4 on the CPU, 16 on CUDA)"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA"})
 
     @classmethod
     def from_settings(cls, settings: Settings, key: str) -> Cnn2dOptions:
+        """Validate ``settings.options[key]`` (``key`` = the model name) with the shared
+        parser; a bad value raises ConfigError naming the key (``unet.batch_size``)."""
+        from ...options import parse_options
+
         raw = settings.options.get(key, {})
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"Option {key!r} must be a mapping of {key} options; got {raw!r}")
-        known = {"checkpoint", "batch_size", "bf16"}
-        unknown = sorted(set(raw) - known - set(TRAIN_ONLY_OPTIONS))
-        if unknown:
-            raise ConfigError(f"Option {key!r}: unknown key(s) {', '.join(map(repr, unknown))}; "
-                              f"known: {', '.join(sorted(known | set(TRAIN_ONLY_OPTIONS)))}")
-        kw: dict[str, Any] = {}
-        if raw.get("checkpoint") is not None:
-            v = raw["checkpoint"]
-            if not isinstance(v, (str, Path)) or not str(v):
-                raise ConfigError(f"Option '{key}.checkpoint' must be a file path; got {v!r}")
-            kw["checkpoint"] = Path(v).expanduser()
-        if "batch_size" in raw:
-            v = raw["batch_size"]
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-                raise ConfigError(f"Option '{key}.batch_size' must be an integer >= 0 "
-                                  f"(0 = auto); got {v!r}")
-            kw["batch_size"] = int(v)
-        if "bf16" in raw:
-            v = raw["bf16"]
-            if not isinstance(v, bool):
-                raise ConfigError(f"Option '{key}.bf16' must be true or false; got {v!r}")
-            kw["bf16"] = v
-        return cls(**kw)
+        if isinstance(raw, Mapping):
+            raw = {k: (int(v) if isinstance(v, np.integer) else v)
+                   for k, v in raw.items() if k not in TRAIN_ONLY_OPTIONS}
+        o = parse_options(cls, raw, key)
+        if o.batch_size < 0:
+            raise ConfigError(f"Option '{key}.batch_size' must be an integer >= 0 "
+                              f"(0 = auto); got {o.batch_size!r}")
+        return o
 
 
 def autocast(device: str, bf16: bool) -> contextlib.AbstractContextManager[Any]:
