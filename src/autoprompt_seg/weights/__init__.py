@@ -576,6 +576,8 @@ def verify(weights_dir: Path, *, manifest: Mapping[str, WeightsEntry] | None = N
 from .download import fetch as fetch  # noqa: E402
 from .resolver import TRAINED_HERE as TRAINED_HERE  # noqa: E402
 from .resolver import CheckpointChoice as CheckpointChoice  # noqa: E402
+from .resolver import load_state_strict as load_state_strict  # noqa: E402
 from .resolver import read_torch_file as read_torch_file  # noqa: E402
 from .resolver import resolve as resolve  # noqa: E402
+from .resolver import state_dict_mismatch as state_dict_mismatch  # noqa: E402
 from .resolver import training_provenance as training_provenance  # noqa: E402

@@ -128,3 +128,39 @@ def read_torch_file(path: str | os.PathLike[str]) -> Any:
         raise UnavailableError(f"checkpoint {str(p)!r} is truncated or corrupt and cannot be "
                                f"read ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
                                ) from e
+
+
+def state_dict_mismatch(own: Mapping[str, Any], state_dict: Mapping[str, Any]) -> str:
+    """How ``state_dict`` differs from a network's own state dict ``own`` in keys and
+    shapes ("" when it fits): the counts of missing and unexpected keys and of shape
+    mismatches, each with its first examples. The one wording of every model's strict
+    load (MedSAM, MedSAM2/SAM 2.1, the 2-D CNNs, the RetinaNet)."""
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: file {tuple(getattr(state_dict[k], 'shape', ()))} vs model "
+              f"{tuple(v.shape)}" for k, v in own.items()
+              if k in state_dict and tuple(getattr(state_dict[k], "shape", ())) != tuple(v.shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) (e.g. {'; '.join(shapes[:2])})")
+    return "; ".join(parts)
+
+
+def load_state_strict(net: Any, state_dict: Mapping[str, Any], subject: str,
+                      target: str) -> None:
+    """``net.load_state_dict(state_dict, strict=True)``, the one strict load of every
+    model's checkpoint; a mismatch raises :class:`ConfigError` "``subject`` does not fit
+    ``target``: ..." (:func:`state_dict_mismatch`), any other refusal "``subject`` does not
+    load strictly into ``target``: ..."."""
+    problems = state_dict_mismatch(net.state_dict(), state_dict)
+    if problems:
+        raise ConfigError(f"{subject} does not fit {target}: {problems}")
+    try:
+        net.load_state_dict(dict(state_dict), strict=True)
+    except RuntimeError as e:  # dtype or other problems that keys/shapes do not show
+        raise ConfigError(f"{subject} does not load strictly into {target}: "
+                          f"{str(e)[:300]}") from e

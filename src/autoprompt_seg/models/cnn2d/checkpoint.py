@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...errors import ConfigError
-from .state import load_state_strict
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -143,5 +142,8 @@ def read_checkpoint(path: str | Path, model: str | None = None) -> Cnn2dCheckpoi
 def load_net(ck: Cnn2dCheckpoint) -> torch.nn.Module:
     """Build the checkpoint's network and load its weights strictly (on the CPU)."""
     net = build_net(ck.model, ck.arch)
-    load_state_strict(net, ck.state_dict, ck.path, f"the {ck.model} architecture {ck.arch}")
+    from ...weights import load_state_strict
+
+    load_state_strict(net, ck.state_dict, repr(str(ck.path)),
+                      f"the {ck.model} architecture {ck.arch}")
     return net

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError, UnavailableError
-from .state import load_state_strict
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -100,6 +99,8 @@ def load_backbone_weights(net: torch.nn.Module, path: str | Path) -> str:
     backbone = getattr(net, "backbone", None)
     if backbone is None:
         raise ConfigError("backbone weights can only be loaded into a deeplabv3 network")
-    load_state_strict(backbone, sd, p, "the DeepLabV3 ResNet backbone (torchvision ResNet "
-                      "ImageNet state dict expected, fc dropped)")
+    from ...weights import load_state_strict
+
+    load_state_strict(backbone, sd, repr(str(p)), "the DeepLabV3 ResNet backbone "
+                      "(torchvision ResNet ImageNet state dict expected, fc dropped)")
     return sha256_file(p)

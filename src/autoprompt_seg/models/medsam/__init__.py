@@ -25,7 +25,6 @@ from .backend import (
 from .checkpoint import (
     build_model,
     check_checkpoint,
-    check_fits,
     embedding_key,
     encoder_fingerprint,
     load_model,
@@ -101,7 +100,6 @@ __all__ = [
     "embedding_key",
     "build_model",
     "read_checkpoint",
-    "check_fits",
     "load_model",
     "check_checkpoint",
     "segment_anything_version",

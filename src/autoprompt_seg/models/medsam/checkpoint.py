@@ -16,7 +16,13 @@ import numpy.typing as npt
 
 from ...config import Settings
 from ...errors import ConfigError, UnavailableError
-from ...weights import CheckpointChoice, read_torch_file, register_checker, resolve
+from ...weights import (
+    CheckpointChoice,
+    load_state_strict,
+    read_torch_file,
+    register_checker,
+    resolve,
+)
 from .options import ARCHITECTURE, NAME, MedSAMOptions
 
 log = logging.getLogger(__name__)
@@ -79,38 +85,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return dict(obj)
 
 
-def check_fits(model: Any, state_dict: Mapping[str, Any], path: Path) -> None:
-    """Compare keys and shapes with SAM ViT-B; a mismatch raises :class:`ConfigError` that
-    names the file and the first differences."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in own.items() if k in state_dict
-              and tuple(state_dict[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es) (e.g. {'; '.join(shapes[:2])})")
-        raise ConfigError(f"checkpoint {str(path)!r} does not fit the SAM ViT-B architecture "
-                          f"(MedSAM): {'; '.join(parts)}")
-
-
 def load_model(path: Path, device: str = "cpu") -> Any:
     """Build SAM ViT-B and load ``path`` into it with ``strict=True``, in eval mode (the
     one strict load of a MedSAM checkpoint; :func:`check_checkpoint` uses it too)."""
     sd = read_checkpoint(path)
     model = build_model("cpu")
-    check_fits(model, sd, path)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise ConfigError(f"checkpoint {str(path)!r} does not load strictly into SAM ViT-B: "
-                          f"{str(e)[:300]}") from e
+    load_state_strict(model, sd, f"checkpoint {str(path)!r}",
+                      "the SAM ViT-B architecture (MedSAM)")
     return model.to(device).eval()
 
 

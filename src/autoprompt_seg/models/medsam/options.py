@@ -4,21 +4,15 @@ with MedSAM2 (bf16 autocast on CUDA only, encoder batch).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ...config import Settings
 from ...errors import ConfigError
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
-
-
 
 NAME = "medsam"
 ARCHITECTURE = "sam_vit_b"
@@ -40,21 +34,6 @@ OPTION_KEYS = ("checkpoint", "window", "preprocess", "encoder_batch", "bf16",
 
 
 # --------------------------------------------------------------------------- options
-
-
-def parse_window(value: Any, where: str) -> tuple[float, float]:
-    """``(level, width)`` from a pair or a "level,width" string; ConfigError otherwise."""
-    v = value
-    if isinstance(v, str):
-        v = v.replace(",", " ").split()
-    try:
-        level, width = (float(x) for x in v)
-    except (TypeError, ValueError):
-        raise ConfigError(f"Option {where!r} must be (level, width) in HU; got {value!r}") from None
-    if not (math.isfinite(level) and math.isfinite(width) and width > 0):
-        raise ConfigError(f"Option {where!r} must have a finite level and a positive width; "
-                          f"got {value!r}")
-    return (level, width)
 
 
 def parse_preprocess(value: Any, where: str) -> str:
@@ -115,3 +94,6 @@ class MedSAMOptions:
 # batch 1 on the CPU (ViT-B's global attention makes batches no faster there), 8 on CUDA.
 from ..medsam2 import autocast_context as encoder_autocast  # noqa: E402,F401
 from ..medsam2 import default_encoder_batch, use_bf16  # noqa: E402,F401
+
+# ... and its window parser: (level, width) in HU, ConfigError naming the option
+from ..medsam2.options import parse_window  # noqa: E402

@@ -29,7 +29,6 @@ from .backend import (
 from .checkpoint import (
     build_model,
     check_checkpoint,
-    check_fits,
     check_medsam2_file,
     check_sam2_file,
     config_path,
@@ -121,7 +120,6 @@ __all__ = [
     "predictor_class",
     "build_model",
     "read_checkpoint",
-    "check_fits",
     "load_model",
     "check_checkpoint",
     "check_medsam2_file",

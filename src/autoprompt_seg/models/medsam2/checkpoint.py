@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from ...config import Settings
 from ...errors import ConfigError
-from ...weights import CheckpointChoice, read_torch_file, register_checker, resolve
+from ...weights import (
+    CheckpointChoice,
+    load_state_strict,
+    read_torch_file,
+    register_checker,
+    resolve,
+)
 from .options import MEDSAM2, POSTPROCESSING_OVERRIDES, SAM2, MedSAM2Options, Variant
 from .preprocess import FeatureCache
 
@@ -172,42 +178,15 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return dict(sd)
 
 
-def check_fits(model: Any, state_dict: Mapping[str, Any], path: Path,
-               variant: Variant | None = None) -> None:
-    """Compare keys and shapes with the model; a mismatch raises :class:`ConfigError`
-    that names the file and the first differences."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape)
-              != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es) (e.g. {'; '.join(shapes[:2])})")
-        v = variant or MEDSAM2
-        raise ConfigError(f"checkpoint {str(path)!r} does not fit the {v.architecture} "
-                          f"architecture ({v.label}, sam2.1 Hiera-tiny at {v.image_size} px): "
-                          f"{'; '.join(parts)}")
-
-
 def load_model(path: Path, device: str = "cpu", predictor: type | None = None,
                variant: Variant | None = None) -> Any:
     """Build the model and load ``path`` into it with ``strict=True``."""
     v = variant or MEDSAM2
     sd = read_checkpoint(path)
     model = build_model("cpu", predictor, v)
-    check_fits(model, sd, path, v)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise ConfigError(f"checkpoint {str(path)!r} does not load strictly into the "
-                          f"{v.architecture} architecture: {str(e)[:300]}") from e
+    load_state_strict(model, sd, f"checkpoint {str(path)!r}",
+                      f"the {v.architecture} architecture ({v.label}, sam2.1 Hiera-tiny at "
+                      f"{v.image_size} px)")
     return model.to(device).eval()
 
 

@@ -135,25 +135,26 @@ class MedSAM2Options:
                 if isinstance(raw.get(key), np.integer):
                     raw[key] = int(raw[key])
             if "window" in raw:
-                raw["window"] = _window(raw["window"], pre)
+                raw["window"] = parse_window(raw["window"], f"{pre}.window")
         opts = parse_options(cls, raw, pre)
         _check_ranges(opts, pre)
         return opts
 
 
-def _window(v: Any, pre: str) -> tuple[float, float]:
-    """(level, width) from a pair or a "level,width" string; finite, width > 0."""
-    given = v
+def parse_window(value: Any, where: str) -> tuple[float, float]:
+    """``(level, width)`` from a pair or a "level,width" string; finite, width > 0;
+    ConfigError naming the option ``where`` otherwise (also MedSAM's window parser)."""
+    v = value
     if isinstance(v, str):
         v = v.replace(",", " ").split()
     try:
         level, width = (float(x) for x in v)
     except (TypeError, ValueError):
-        raise ConfigError(f"Option '{pre}.window' must be (level, width) in HU; "
-                          f"got {given!r}") from None
+        raise ConfigError(f"Option {where!r} must be (level, width) in HU; "
+                          f"got {value!r}") from None
     if not (math.isfinite(level) and math.isfinite(width) and width > 0):
-        raise ConfigError(f"Option '{pre}.window' must have a finite level and a positive "
-                          f"width; got {given!r}")
+        raise ConfigError(f"Option {where!r} must have a finite level and a positive "
+                          f"width; got {value!r}")
     return level, width
 
 

@@ -10,10 +10,47 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ...errors import ConfigError, UnavailableError
+from ...errors import AutosegError, ConfigError, UnavailableError
 from ...weights import register_checker
 
 ARCHITECTURE = "nnunetv2_model_folder"
+
+
+def read_safely(data: bytes | Path, what: str) -> Any:
+    """An nnU-Net checkpoint (a file, or its bytes) read with ``weights_only=True``, only
+    nnU-Net's numpy scalars and dtypes allowed besides tensors; :class:`UnavailableError`
+    naming ``what`` when it cannot be read so. The one safe read of the nnU-Net code."""
+    import io
+
+    import numpy as np
+    import torch
+
+    core = getattr(np, "_core", None) or np.core
+    safe: list[Any] = [core.multiarray.scalar, np.dtype]
+    safe += [getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType")
+             if hasattr(np, "dtypes") and hasattr(np.dtypes, n)]
+    src: Any = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        with torch.serialization.safe_globals(safe):
+            return torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - many failure types for damaged or unsafe files
+        raise UnavailableError(f"nnU-Net checkpoint {what} cannot be read safely "
+                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+
+
+def load_checkpoint_dict(data: bytes | Path, what: str,
+                         missing_key_error: type[AutosegError] = ConfigError) -> dict[str, Any]:
+    """:func:`read_safely`, then the keys nnU-Net needs; ``missing_key_error`` is raised
+    when one is absent (the installer's ConfigError: the user gave the wrong model; the
+    model folder's UnavailableError)."""
+    obj = read_safely(data, what)
+    if not isinstance(obj, dict):
+        raise UnavailableError(f"nnU-Net checkpoint {what} is not a checkpoint dict")
+    for key in ("network_weights", "trainer_name", "init_args",
+                "inference_allowed_mirroring_axes"):
+        if key not in obj:
+            raise missing_key_error(f"nnU-Net checkpoint {what} has no {key!r}")
+    return obj
 
 
 def check_model_folder(path: Path) -> None:
@@ -33,20 +70,8 @@ def check_model_folder(path: Path) -> None:
     if not ckpts:
         raise ConfigError(f"nnU-Net model folder {str(path)!r} has no "
                           f"fold_X/checkpoint_final.pth")
-    import numpy as np
-    import torch
-
-    core = getattr(np, "_core", None) or np.core
-    safe: list[Any] = [core.multiarray.scalar, np.dtype]
-    safe += [getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType")
-             if hasattr(np, "dtypes") and hasattr(np.dtypes, n)]
     for c in ckpts:
-        try:
-            with torch.serialization.safe_globals(safe):
-                obj = torch.load(c, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise UnavailableError(f"nnU-Net checkpoint {str(c)!r} cannot be read safely "
-                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        obj = read_safely(c, repr(str(c)))
         for key in ("network_weights", "inference_allowed_mirroring_axes"):
             if not isinstance(obj, dict) or key not in obj:
                 raise ConfigError(f"nnU-Net checkpoint {str(c)!r} has no {key!r} (without "

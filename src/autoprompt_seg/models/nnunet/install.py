@@ -75,7 +75,8 @@ from typing import Any
 
 from ...config import Settings
 from ...errors import ConfigError, UnavailableError
-from .network import _safe_load, _strict_load, build_network, map_trainer
+from .checkpoint import load_checkpoint_dict
+from .network import _strict_load, build_network, map_trainer
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +436,7 @@ def _stage(src: _Source, staged: Path, choices: InstallChoices) -> dict[str, Any
         rel = f"{prefix}fold_{f}/{ckname}"
         dest = staged / f"fold_{f}" / ckname
         src.copy_to(rel, dest)
-        ck = _safe_load(dest, repr(f"{src.path}:{rel}"))
+        ck = load_checkpoint_dict(dest, repr(f"{src.path}:{rel}"))
         t = str(ck["trainer_name"])
         k = str(ck["init_args"].get("configuration", "")) if isinstance(
             ck["init_args"], dict) else ""
@@ -530,7 +531,7 @@ def load_installed(name_or_path: str | os.PathLike[str], settings: Settings, *,
 
     params, mirror = [], None
     for i, c in enumerate(model.checkpoints):
-        ck = _safe_load(c, repr(str(c)))
+        ck = load_checkpoint_dict(c, repr(str(c)))
         params.append(ck["network_weights"])
         if i == 0:
             mirror = ck["inference_allowed_mirroring_axes"]

@@ -183,24 +183,9 @@ def _read_json(p: Path) -> dict[str, Any]:
 
 def _safe_checkpoint_meta(ckpt: Path) -> tuple[str, str]:
     """(trainer_name, configuration) of a checkpoint read with ``weights_only=True``."""
-    import torch
+    from .checkpoint import load_checkpoint_dict
 
-    core = getattr(np, "_core", None) or np.core
-    safe: list[Any] = [core.multiarray.scalar, np.dtype]
-    safe += [getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType")
-             if hasattr(np, "dtypes") and hasattr(np.dtypes, n)]
-    try:
-        with torch.serialization.safe_globals(safe):
-            obj = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - many failure types for damaged or unsafe files
-        raise UnavailableError(f"nnU-Net checkpoint {str(ckpt)!r} cannot be read safely "
-                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-    if not isinstance(obj, dict):
-        raise UnavailableError(f"nnU-Net checkpoint {str(ckpt)!r} is not a checkpoint dict")
-    for key in ("network_weights", "trainer_name", "init_args",
-                "inference_allowed_mirroring_axes"):
-        if key not in obj:
-            raise UnavailableError(f"nnU-Net checkpoint {str(ckpt)!r} has no {key!r}")
+    obj = load_checkpoint_dict(ckpt, repr(str(ckpt)), missing_key_error=UnavailableError)
     init = obj["init_args"]
     if not isinstance(init, dict) or not isinstance(init.get("configuration"), str):
         raise UnavailableError(f"nnU-Net checkpoint {str(ckpt)!r}: init_args has no "

@@ -6,10 +6,9 @@ strict load of their weights."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from ...errors import ConfigError, UnavailableError
+from ...errors import ConfigError
 
 #: Trainers that nnunetv2 does not ship, read in their authors' source, and the stock
 #: trainer each subclasses (the differences are training-only: learning rate, epochs, loss).
@@ -65,33 +64,6 @@ def map_trainer(name: str, override: str | None = None) -> tuple[str, str]:
         f"of known custom trainers (TotalSegmentator's, and names ending in NoMirroring); "
         f"give the stock trainer it subclasses with --trainer-base (e.g. --trainer-base "
         f"nnUNetTrainer) if it only changes training, not the network")
-
-
-def _safe_load(data: bytes | Path, what: str) -> dict[str, Any]:
-    """A checkpoint read with ``weights_only=True`` (nnU-Net's numpy scalars allowed)."""
-    import io
-
-    import numpy as np
-    import torch
-
-    core = getattr(np, "_core", None) or np.core
-    safe: list[Any] = [core.multiarray.scalar, np.dtype]
-    safe += [getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType")
-             if hasattr(np, "dtypes") and hasattr(np.dtypes, n)]
-    src: Any = io.BytesIO(data) if isinstance(data, bytes) else data
-    try:
-        with torch.serialization.safe_globals(safe):
-            obj = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - many failure types for damaged or unsafe files
-        raise UnavailableError(f"nnU-Net checkpoint {what} cannot be read safely "
-                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-    if not isinstance(obj, dict):
-        raise UnavailableError(f"nnU-Net checkpoint {what} is not a checkpoint dict")
-    for key in ("network_weights", "trainer_name", "init_args",
-                "inference_allowed_mirroring_axes"):
-        if key not in obj:
-            raise ConfigError(f"nnU-Net checkpoint {what} has no {key!r}")
-    return obj
 
 
 def build_network(plans: dict[str, Any], dataset: dict[str, Any], configuration: str,
