@@ -58,6 +58,8 @@ def test_bad_option_names_the_argument() -> None:
         CandidatesParams(field_radius_mm=-1.0)
     with pytest.raises(ConfigError, match="bogus"):
         create(Settings(options={"candidates": {"bogus": 1}}))
+    with pytest.raises(ConfigError, match=r"mass_score' must be <= 1; got 1\.5"):
+        CandidatesParams(mass_score=1.5)
 
 
 def test_finds_tumour_not_vessel() -> None:
@@ -123,3 +125,31 @@ def test_isolated_nodule_counts_as_surrounded_by_lung(radius_mm: float) -> None:
     assert best.lung_contact >= 0.8, best
     boxes = det.detect(vol)
     assert len(boxes) == 1 and _contains(boxes[0], tc, SPACING)
+
+
+def _grid(n: int = 41) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.ogrid[-(n // 2):n // 2 + 1, -(n // 2):n // 2 + 1, -(n // 2):n // 2 + 1]
+
+
+def test_solidity_separates_masses_from_branching_and_curved_structures() -> None:
+    """A mass is convex, even flattened against a wall; a vessel confluence branches and an
+    organ's rim curves around, so each fills little of its convex hull."""
+    from autoprompt_seg.detect.candidates import solidity
+
+    z, y, x = _grid()
+    sphere = z ** 2 + y ** 2 + x ** 2 <= 8 ** 2
+    half = sphere & (x >= -2)  # a lesion pressed flat against the mediastinum
+    # three tubes (radius 3) meeting at the centre: a hilar confluence
+    tube_z = (y ** 2 + x ** 2 <= 9) & (np.abs(z) <= 14) & (z <= 0)
+    tube_a = ((y - x) ** 2 / 2 + z ** 2 <= 9) & (x >= 0) & (x + y <= 28)
+    tube_b = ((y + x) ** 2 / 2 + z ** 2 <= 9) & (x <= 0) & (y - x <= 28)
+    confluence = np.broadcast_to(tube_z, sphere.shape) | tube_a | tube_b
+    # the rim of a large organ: a 5-voxel shell of a 40-voxel ball, cut to a cap
+    r2 = (z + 30) ** 2 + y ** 2 + x ** 2
+    rim = (r2 <= 40 ** 2) & (r2 > 35 ** 2)
+    assert solidity(sphere) > 0.85
+    assert solidity(half) > 0.85
+    assert solidity(confluence) < 0.5
+    assert solidity(rim) < 0.6
+    assert solidity(np.zeros((3, 3, 3), bool)) == 1.0  # empty: no evidence either way
+

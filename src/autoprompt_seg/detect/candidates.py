@@ -1,4 +1,4 @@
-"""Training-free lung tumour detector (v2.1): lung fields, soft-tissue candidates, anatomy
+"""Training-free lung tumour detector (v2.2): lung fields, soft-tissue candidates, anatomy
 context and a calibrated confidence.
 
 The pipeline works on a coarse grid (block means to about ``work_mm`` in-plane and
@@ -41,7 +41,16 @@ spacing:
    stands on its own (elongation counts less there: part-solid and lobulated tumours are
    not round, while vessels and tubes are joined to structures) gives each candidate a
    probability of being a tumour (weights ``_W``, fitted on the development set; see
-   ``scripts/eval_wholechest.py`` and docs/benchmarks.md). Candidates scoring below
+   ``scripts/eval_wholechest.py`` and docs/benchmarks.md). **Convex-mass rule** (v2.2):
+   a candidate at least ``mass_min_thickness_mm`` thick (inscribed-ball radius), at most
+   ``mass_max_elongation`` long, with a solidity (share of its 3-D convex hull that it
+   fills) of at least ``mass_min_solidity`` and at least ``mass_min_contact`` of its
+   surface on aerated lung scores at least ``mass_score``. A tumour pressed on the
+   mediastinum or chest wall has a low context, so the logistic score alone rejects
+   it; a hilar vessel confluence of the same size branches (solidity about 0.5-0.6 on
+   the development set, tumours 0.7-0.95). ``mass_score`` (0.5) is a set level, not a
+   fitted probability: the development set held two such tumours and no such
+   non-tumour. ``mass_score=0`` turns the rule off. Candidates scoring below
    ``min_score`` (a floor, 0.1) are dropped; at most ``max_candidates`` are returned, so
    the pipeline's operating point (``--min-score``, default 0.4) decides which are
    segmented and which are only listed in report.json.
@@ -70,7 +79,7 @@ from ..types import BackendInfo, Box3D, Volume
 
 log = logging.getLogger(__name__)
 
-VERSION = "2.1.0"
+VERSION = "2.2.0"
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
@@ -108,6 +117,11 @@ class CandidatesParams:
     halo_open_mm: float = 2.5
     min_halo_ratio: float = 2.0
     box_margin_mm: float = 2.0
+    mass_min_thickness_mm: float = 8.0
+    mass_max_elongation: float = 2.1
+    mass_min_solidity: float = 0.7
+    mass_min_contact: float = 0.4
+    mass_score: float = 0.5
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -120,6 +134,10 @@ class CandidatesParams:
         for name in ("work_mm", "work_z_mm", "field_radius_mm"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"Argument 'candidates.{name}' must be > 0; "
+                                  f"got {getattr(self, name)!r}")
+        for name in ("mass_min_solidity", "mass_min_contact", "mass_score", "min_score"):
+            if getattr(self, name) > 1:
+                raise ConfigError(f"Argument 'candidates.{name}' must be <= 1; "
                                   f"got {getattr(self, name)!r}")
         if self.soft_lo_hu >= self.soft_hi_hu:
             raise ConfigError("Argument 'candidates.soft_lo_hu' must be below 'soft_hi_hu'; "
@@ -147,6 +165,7 @@ class Candidate:
     structure_ml: float = 0.0
     structure_in_field: float = 1.0
     extent: tuple[slice, slice, slice] | None = None
+    solidity: float = 1.0
 
 
 def _ball(radius_mm: float, spacing: tuple[float, float, float]) -> BoolArray:
@@ -166,6 +185,24 @@ def block_mean(a: FloatArray, f: tuple[int, int, int]) -> FloatArray:
     out: FloatArray = b.reshape(nz, f[0], ny, f[1], nx, f[2]).mean(axis=(1, 3, 5),
                                                                    dtype=np.float32)
     return out
+
+
+def solidity(mask: BoolArray) -> float:
+    """Share of the 3-D convex hull that ``mask`` fills (voxel counts on its grid).
+
+    A tumour, even one flattened against the chest wall or mediastinum, is a convex mass
+    (about 0.75-0.95 on the 2 mm working grid); a hilar vessel confluence or the rim of
+    an organ branches or curves around (about 0.5-0.6)."""
+    from skimage.morphology import convex_hull_image
+
+    nz = np.nonzero(mask)
+    if len(nz[0]) < 4:
+        return 1.0
+    sub = mask[tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)]
+    if min(sub.shape) < 2:
+        return 1.0  # flat: a 3-D hull is degenerate
+    hull = convex_hull_image(np.pad(sub, 1))
+    return float(sub.sum()) / max(float(hull.sum()), 1.0)
 
 
 def _closing_edt(mask: BoolArray, radius_mm: float, spacing: tuple[float, float, float]
@@ -403,14 +440,22 @@ class CandidatesDetector:
                       p.min_lung_contact)
             return None
         ctx, s_ml, s_in = self._context(comp, sl, plab, psize, pfield, spacing)
+        sol = solidity(comp)
         score = self._score(thick, elong, contact, ctx, s_in)
+        if (thick >= p.mass_min_thickness_mm and elong <= p.mass_max_elongation
+                and sol >= p.mass_min_solidity and contact >= p.mass_min_contact):
+            # a thick, round, convex mass on the lung: a tumour even where it touches the
+            # mediastinum or chest wall (low context), unlike a hilar vessel confluence
+            # (it branches: low solidity) or a vessel or organ rim (elongated or thin)
+            score = max(score, p.mass_score)
         log.debug("candidate %d: %.2f ml, thickness %.1f mm, elongation %.2f, lung contact "
-                  "%.2f, score %.2f", label, vol_ml, thick, elong, contact, score)
+                  "%.2f, solidity %.2f, score %.2f", label, vol_ml, thick, elong, contact,
+                  sol, score)
         nzc = np.nonzero(comp)
         bbox = tuple(slice(s0.start + int(a.min()), s0.start + int(a.max()) + 1)
                      for s0, a in zip(sl, nzc, strict=False))
         return Candidate(label, vol_ml, thick, elong, contact, score,
-                         bbox, ctx, s_ml, s_in)  # type: ignore[arg-type]
+                         bbox, ctx, s_ml, s_in, solidity=sol)  # type: ignore[arg-type]
 
     def structures(self, smooth: FloatArray, lung: BoolArray, field: BoolArray,
                    img: FloatArray | None = None
