@@ -299,3 +299,30 @@ def test_a_round_mass_pressed_on_the_mediastinum_is_kept_by_the_convex_mass_rule
     # the rule asks for a convex shape: the same mass with solidity demanded above what
     # it has is not lifted
     assert best_on_mass(CandidatesDetector(CandidatesParams(mass_min_solidity=0.99))) < op
+
+
+def test_a_small_part_solid_nodule_is_found_by_its_ground_glass_blob():
+    """A part-solid nodule whose solid part (3.5 mm radius) is under the thickness floor
+    has no solid candidate; its ground-glass blob (10 mm radius) is the candidate, and
+    the box holds all of it. The phantom's heart and z-tube stay rejected."""
+    from autoprompt_seg.detect.candidates import CandidatesParams
+    from autoprompt_seg.types import OperatingPoint
+
+    vol, truth = thorax_phantom(seed=5, heart=True, tube=True, nodule=False)
+    sp = vol.spacing
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(vol.shape, sp, strict=True)),
+                          indexing="ij")
+    cy, cx = vol.shape[1] * sp[1] / 2, vol.shape[2] * sp[2] / 2
+    r2 = (z - 120) ** 2 + (y - (cy - 30)) ** 2 + (x - (cx - 95)) ** 2
+    ggo, solid = r2 <= 10 ** 2, r2 <= 3.5 ** 2
+    arr = vol.array.copy()
+    arr[ggo] = -560.0 + (arr[ggo] + 850.0)  # ground glass, with the phantom's noise
+    arr[solid] = 30.0 + (vol.array[solid] + 850.0)
+    chest = Volume(array=arr, spacing=sp, origin=vol.origin, direction=vol.direction)
+    op = OperatingPoint().min_score
+    boxes = [b for b in CandidatesDetector().detect(chest) if b.score >= op]
+    assert len(boxes) == 1, boxes
+    assert _hits(boxes[0], ggo) == int(ggo.sum())
+    assert _hits(boxes[0], truth["heart"]) == 0 and _hits(boxes[0], truth["tube"]) == 0
+    # without the sub-solid pass there is no candidate at all
+    assert CandidatesDetector(CandidatesParams(ggo_candidates=0)).detect(chest) == []

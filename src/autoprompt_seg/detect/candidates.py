@@ -1,4 +1,4 @@
-"""Training-free lung tumour detector (v2.2): lung fields, soft-tissue candidates, anatomy
+"""Training-free lung tumour detector (v2.3): lung fields, soft-tissue candidates, anatomy
 context and a calibrated confidence.
 
 The pipeline works on a coarse grid (block means to about ``work_mm`` in-plane and
@@ -24,6 +24,11 @@ spacing:
    opened again and searched once more (``remainder_depth``, default 1). So a lesion that
    vessels or a thin rim join to a thicker hilar or mediastinal structure still gets its
    own candidate (v2.1; in v2.0 it was lost with the structure's remainder).
+   **Sub-solid candidates** (v2.3, ``ggo_candidates``): a part-solid or ground-glass
+   nodule whose solid part is under the thickness floor has no solid candidate, so the
+   blobs of ground glass and tissue (``ggo_lo_hu .. soft_hi_hu``, opened the same way)
+   that hold no solid candidate are candidates too, when at least
+   ``ggo_min_thickness_mm`` thick and ``ggo_min_solidity`` solid.
 4. **Filters and features**: per 3-D component, volume (``min_volume_ml`` ..
    ``max_volume_ml``), thickness (largest inscribed ball radius, ``min_thickness_mm``),
    elongation (ratio of the principal axes: vessels and z-tubes are long) and the share of
@@ -79,7 +84,7 @@ from ..types import BackendInfo, Box3D, Volume
 
 log = logging.getLogger(__name__)
 
-VERSION = "2.2.0"
+VERSION = "2.3.0"
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
@@ -122,6 +127,9 @@ class CandidatesParams:
     mass_min_solidity: float = 0.7
     mass_min_contact: float = 0.4
     mass_score: float = 0.5
+    ggo_candidates: float = 1
+    ggo_min_thickness_mm: float = 7.0
+    ggo_min_solidity: float = 0.6
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -378,7 +386,49 @@ class CandidatesDetector:
             if cand is not None:
                 lab[sl][core] = cand.label
                 out.append(replace(cand, extent=self._extent(core, sl, ggo, spacing)))
+        if p.ggo_candidates:
+            out += self._subsolid(smooth, field, lung, lab, plab, psize, pfield, spacing,
+                                  len(out))
         return lab, out
+
+    def _subsolid(self, smooth: FloatArray, field: BoolArray, lung: BoolArray,
+                  lab: npt.NDArray[np.int32], plab: npt.NDArray[np.int32],
+                  psize: npt.NDArray[np.float64], pfield: npt.NDArray[np.float64],
+                  spacing: tuple[float, float, float], n_before: int) -> list[Candidate]:
+        """Sub-solid candidates (v2.3): blobs of ground glass and tissue
+        (``ggo_lo_hu .. soft_hi_hu``) in the lung fields, opened like the solid mask, that
+        hold no solid candidate. A part-solid or ground-glass nodule whose solid part is
+        under the thickness floor has no solid candidate; its whole blob is thick enough.
+        Kept when at least ``ggo_min_thickness_mm`` thick and ``ggo_min_solidity`` solid
+        (partial-volume blobs at vessel forks are thinner; the hilum's ground-glass
+        envelope branches). ``lab`` gets the new labels."""
+        p = self.params
+        g = (smooth >= p.ggo_lo_hu) & (smooth <= p.soft_hi_hu) & field
+        g = ndi.binary_opening(g, structure=_ball(p.vessel_radius_mm, spacing))
+        glab, _ = ndi.label(g)
+        vox_ml = float(np.prod(spacing)) / 1000.0
+        out: list[Candidate] = []
+        for i, sl in enumerate(ndi.find_objects(glab), start=1):
+            if sl is None:
+                continue
+            sl = tuple(slice(max(0, s.start - 2), min(dim, s.stop + 2))
+                       for s, dim in zip(sl, glab.shape, strict=False))
+            comp = glab[sl] == i
+            vol_ml = float(comp.sum()) * vox_ml
+            if (vol_ml < p.min_volume_ml or vol_ml > p.max_volume_ml
+                    or (lab[sl][comp] > 0).any()):
+                continue
+            edt = ndi.distance_transform_edt(comp, sampling=spacing)
+            if float(edt.max()) + 0.5 * float(np.mean(spacing)) < p.ggo_min_thickness_mm:
+                continue
+            # the ring around a ground-glass blob is aerated lung outside the blob
+            cand = self._candidate(comp, sl, edt, lung & ~g, plab, psize, pfield, spacing,
+                                   n_before + len(out) + 1)
+            if cand is None or cand.solidity < p.ggo_min_solidity:
+                continue
+            lab[sl][comp] = cand.label
+            out.append(replace(cand, extent=cand.bbox))
+        return out
 
     def _extent(self, core: BoolArray, sl: tuple[slice, ...], ggo: BoolArray,
                 spacing: tuple[float, float, float]) -> tuple[slice, slice, slice]:
