@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,35 @@ def test_unknown_keys_are_refused_listing_the_known_ones():
         parse_options(_Opts, {"thresh": 0.5}, "demo")
     with pytest.raises(ConfigError, match="must be a mapping"):
         parse_options(_Opts, [1], "demo")  # type: ignore[arg-type]
+
+
+def test_unknown_keys_name_the_values_given():
+    with pytest.raises(ConfigError) as e:
+        parse_options(_Opts, {"thresh": 0.5, "count": 2}, "demo")
+    assert str(e.value).endswith("; got {'thresh': 0.5}")
+
+
+@dataclass(frozen=True)
+class _Table:
+    weights: Mapping[str, float] = field(default_factory=dict)
+    n: int = 1
+
+
+def test_tables_and_numpy_scalars():
+    import numpy as np
+
+    o = parse_options(_Table, {"weights": {"a": 1, "b": np.float32(0.5)}, "n": np.int64(3)},
+                      "demo")
+    assert o.weights == {"a": 1.0, "b": 0.5} and isinstance(o.weights["a"], float)
+    assert o.n == 3 and type(o.n) is int
+    for raw, expected in (({"weights": [1]}, "a table (a string -> a number)"),
+                          ({"weights": {"a": "x"}}, "a table (a string -> a number)"),
+                          ({"n": np.float64(2.0)}, "an integer"),
+                          ({"n": np.bool_(True)}, "an integer")):
+        with pytest.raises(ConfigError) as e:
+            parse_options(_Table, raw, "demo")
+        key, value = next(iter(raw.items()))
+        assert str(e.value) == f"Option 'demo.{key}' must be {expected}; got {value!r}"
 
 
 def test_range_checks_stay_in_the_dataclass():

@@ -71,15 +71,40 @@ def test_options_defaults_and_validation() -> None:
                                             "teacher_forcing": 0.5})
     assert o.clip_len == 3 and o.box == "lesion" and o.loss_weights["focal"] == 1.0
     assert o.loss_weights["dice"] == 1.0 and o.teacher_forcing == 0.5
-    for key, bad in (("clip_len", 0), ("clip_len", 2.5), ("clip_len", True), ("box", "cube"),
-                     ("jitter_shift", -0.1), ("jitter_scale", 1.5), ("teacher_forcing", 2),
-                     ("grad_clip", -1), ("feature_dtype", "int8"), ("feature_cache_mb", 0),
-                     ("allow_random_base", "yes"), ("loss_weights", {"bce": 1}),
-                     ("loss_weights", {"focal": -1}), ("clip_length", 8)):
+    assert MT.MedSAM2TrainOptions.from_options({"clip_len": np.int64(4)}).clip_len == 4
+    # (key, bad value, what the message says is expected, the value as the message shows it)
+    for key, bad, expected, shown in (
+            ("clip_len", 0, "an integer in [1, 64]", "0"),
+            ("clip_len", 2.5, "an integer", "2.5"),
+            ("clip_len", True, "an integer", "True"),
+            ("box", "cube", "one of slice, lesion", "'cube'"),
+            ("jitter_shift", -0.1, "a number in [0.0, 0.99]", "-0.1"),
+            ("jitter_scale", 1.5, "a number in [0.0, 0.99]", "1.5"),
+            ("teacher_forcing", 2, "a number in [0.0, 1.0]", "2.0"),
+            ("grad_clip", -1, "a number in [0.0, 1000000.0]", "-1.0"),
+            ("feature_dtype", "int8", "one of float16, bfloat16, float32", "'int8'"),
+            ("feature_cache_mb", 0, "a number in (0.0, 10000000.0]", "0.0"),
+            ("allow_random_base", "yes", "true or false", "'yes'"),
+            ("loss_weights", {"bce": 1}, "a table mapping some of focal, dice, iou, class to numbers >= 0",
+             "{'bce': 1.0}"),
+            ("loss_weights", {"focal": -1}, "a table mapping some of focal, dice, iou, class to numbers >= 0",
+             "{'focal': -1.0}"),
+            ("loss_weights", {"focal": "x"}, "a table (a string -> a number)",
+             "{'focal': 'x'}"),
+            ("loss_weights", {"focal": 0, "dice": 0, "iou": 0, "class": 0},
+             "a table with a positive weight",
+             "{'focal': 0.0, 'dice': 0.0, 'iou': 0.0, 'class': 0.0}")):
         with pytest.raises(ConfigError) as ei:
             MT.MedSAM2TrainOptions.from_options({key: bad})
-        assert repr(key) in str(ei.value) and repr(bad) in str(ei.value)
+        msg = str(ei.value)
+        assert msg == f"Option 'train.medsam2.{key}' must be {expected}; got {shown}", msg
         assert ei.value.exit_code == 78
+    with pytest.raises(ConfigError) as ei:  # an unknown key: named, with its value
+        MT.MedSAM2TrainOptions.from_options({"clip_length": 8})
+    msg = str(ei.value)
+    assert "Option 'train.medsam2': unknown key(s) 'clip_length'; known: " in msg, msg
+    assert "clip_len," in msg and msg.endswith("; got {'clip_length': 8}"), msg
+    assert ei.value.exit_code == 78
 
 
 def test_clips_start_on_every_tumour_slice_in_both_directions() -> None:

@@ -68,6 +68,16 @@ def test_nnunet_training_refuses_init_weights_and_unknown_options(tmp_path: Path
     with pytest.raises(ConfigError, match="init_checkpoint is not supported"):
         train_model(TrainConfig(model="nnunet", epochs=1, options=OPTIONS), cases,
                     tmp_path / "a", init_checkpoint="x.pth")
-    with pytest.raises(ConfigError, match="unknown nnU-Net training option"):
+    with pytest.raises(ConfigError, match=r"Option 'train\.nnunet': unknown key\(s\) 'patch'; "
+                       r"known: augment, base_features, .*; got \{'patch': 3\}$"):
         train_model(TrainConfig(model="nnunet", epochs=1, options={"patch": 3}), cases,
                     tmp_path / "b")
+    with pytest.raises(ConfigError, match=r"Option 'train\.nnunet\.val_iterations' must be an "
+                       r"integer; got '20'$"):
+        train_model(TrainConfig(model="nnunet", epochs=1, options={"val_iterations": "20"}),
+                    cases, tmp_path / "c")
+    with pytest.raises(ConfigError, match=r"'max_features' must be >= base_features \(16\); "
+                       r"got 8$"):  # a range: checked before any case is written
+        train_model(TrainConfig(model="nnunet", epochs=1, options={"max_features": 8}),
+                    cases, tmp_path / "d")
+    assert not (tmp_path / "d" / "data").exists()

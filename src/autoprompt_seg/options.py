@@ -3,10 +3,12 @@
 Each backend reads its own mapping ``Settings.options[backend]`` and declares the keys it
 accepts as a frozen dataclass (field defaults; the unit or meaning in the field's
 ``metadata["help"]`` or a trailing comment). :func:`parse_options` checks that mapping
-against the dataclass: unknown keys are refused listing the known ones, and a value of
-the wrong type raises one :class:`~autoprompt_seg.errors.ConfigError` naming the key
-(``nnunet.threshold``), the value received and the type expected. Range checks stay in
-the dataclass's ``__post_init__``.
+against the dataclass: unknown keys are refused listing the known ones (and the values
+given), and a value of the wrong type raises one :class:`~autoprompt_seg.errors.ConfigError`
+naming the key (``nnunet.threshold``), the value received and the type expected. Range checks stay in
+the dataclass's ``__post_init__``. Field types understood: bool, int, float (numpy
+scalars are taken as the int or float they hold), str, Path, ``X | None`` and other unions,
+tuples (fixed length or ``tuple[X, ...]``), ``Mapping[str, X]`` (a TOML table) and Any.
 
 :func:`parse_text` turns the text of a command-line ``--set backend.key=value`` into the
 field's type (float, int, bool, str, paths, tuples from comma lists).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from collections.abc import Mapping
@@ -56,8 +59,15 @@ def describe(tp: Any) -> str:
             inner = describe(args[0])
             return f"a list of ({inner})" if " or " in inner else f"a list of {inner}"
         return f"a list of {len(args)} ({', '.join(describe(a) for a in args)})"
+    if _is_mapping(tp):
+        key, value = typing.get_args(tp) or (Any, Any)
+        return f"a table ({describe(key)} -> {describe(value)})"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
             Path: "a path"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _is_mapping(tp: Any) -> bool:
+    return typing.get_origin(tp) in (dict, Mapping) or tp in (dict, Mapping)
 
 
 class _Mismatch(Exception):
@@ -85,13 +95,14 @@ def _check(value: Any, tp: Any, int_default: bool = False) -> Any:
             return value
         raise _Mismatch
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
         raise _Mismatch
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and \
                 math.isfinite(value):
-            return value if isinstance(value, int) and int_default else float(value)
+            return int(value) if isinstance(value, numbers.Integral) and int_default \
+                else float(value)
         raise _Mismatch
     if tp is str:
         if isinstance(value, str):
@@ -110,6 +121,11 @@ def _check(value: Any, tp: Any, int_default: bool = False) -> Any:
         if len(value) != len(args):
             raise _Mismatch
         return tuple(_check(v, a) for v, a in zip(value, args))
+    if _is_mapping(tp):
+        if not isinstance(value, Mapping):
+            raise _Mismatch
+        key_tp, value_tp = typing.get_args(tp) or (Any, Any)
+        return {_check(k, key_tp): _check(v, value_tp) for k, v in value.items()}
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise _Mismatch
@@ -140,7 +156,8 @@ def parse_options(cls: type[T], raw: Mapping[str, Any] | None, backend: str) -> 
     unknown = sorted(set(raw) - set(fs))
     if unknown:
         raise ConfigError(f"Option {backend!r}: unknown key(s) "
-                          f"{', '.join(map(repr, unknown))}; known: {', '.join(sorted(fs))}")
+                          f"{', '.join(map(repr, unknown))}; known: {', '.join(sorted(fs))}; "
+                          f"got {({k: raw[k] for k in unknown})!r}")
     hints = _hints(cls)
     kw: dict[str, Any] = {}
     for key, value in raw.items():

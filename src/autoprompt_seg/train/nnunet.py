@@ -10,9 +10,12 @@ segmenter or detector (``options["nnunet"]["model_dir"]``).
 
 ``TrainConfig`` mapping: ``epochs`` -> nnU-Net epochs; ``steps_per_epoch`` -> iterations per
 epoch (0 = nnU-Net's 250); ``lr`` -> initial learning rate (nnU-Net's poly schedule);
-``seed``; ``device``. ``options``: ``target_spacing_mm`` (2.5), ``base_features`` (16),
-``max_features`` (128), ``max_stages`` (5), ``val_iterations`` (20), ``augment`` (True),
-``threads`` (0). ``batch_size`` and ``image_size`` are nnU-Net's own choice (planned) and
+``seed``; ``device``. ``options`` (:class:`NnunetTrainOptions`, parsed by
+:func:`autoprompt_seg.options.parse_options`, errors name ``train.nnunet.<key>``):
+``target_spacing_mm`` (2.5), ``base_features`` (16), ``max_features`` (128), ``max_stages``
+(5), ``val_iterations`` (20), ``augment`` (True), ``threads`` (0); their ranges are checked
+by :class:`~autoprompt_seg.models.nnunet.train.DetectorTrainConfig` before any case is
+written. ``batch_size`` and ``image_size`` are nnU-Net's own choice (planned) and
 ignored. ``init_checkpoint`` is not supported (nnU-Net trains from scratch in the paper's
 protocol): giving one is a :class:`ConfigError`.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +38,34 @@ from .core import RunDir, TrainConfig, TrainProgress, TrainResult
 
 log = logging.getLogger(__name__)
 
-_OPTION_DEFAULTS: dict[str, Any] = {"target_spacing_mm": 2.5, "base_features": 16,
-                                    "max_features": 128, "max_stages": 5,
-                                    "val_iterations": 20, "augment": True, "threads": 0}
+
+
+@dataclass(frozen=True)
+class NnunetTrainOptions:
+    """``cfg.options`` of an nnU-Net run (module docstring), parsed by
+    :func:`autoprompt_seg.options.parse_options` (errors name ``train.nnunet.<key>``). The
+    ranges are :class:`~autoprompt_seg.models.nnunet.train.DetectorTrainConfig`'s, checked
+    when :func:`train` builds it from these options."""
+
+    target_spacing_mm: float = field(default=2.5, metadata={
+        "help": "mm; isotropic voxel spacing the cases are resampled to (0.3-10)"})
+    base_features: int = field(default=16, metadata={
+        "help": "feature maps of the first U-Net stage (>= 1)"})
+    max_features: int = field(default=128, metadata={
+        "help": "cap on the feature maps of a stage (>= base_features)"})
+    max_stages: int = field(default=5, metadata={"help": "most U-Net stages (>= 2)"})
+    val_iterations: int = field(default=20, metadata={
+        "help": "validation iterations per epoch (>= 1)"})
+    augment: bool = field(default=True, metadata={
+        "help": "nnU-Net's data augmentation; false = nnUNetTrainerNoDA transforms"})
+    threads: int = field(default=0, metadata={
+        "help": "CPU threads for torch; 0 = its default"})
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> NnunetTrainOptions:
+        from ..options import parse_options
+
+        return parse_options(cls, cfg.options, f"train.{cfg.model}")
 
 
 def write_msd_layout(cases: Sequence[Any], root: Path) -> list[str]:
@@ -82,21 +111,17 @@ def train(cfg: TrainConfig, cases: Sequence[Any], run: RunDir, *, settings: Sett
     if init_checkpoint:
         raise ConfigError(f"nnU-Net training starts from scratch; init_checkpoint is not "
                           f"supported; got {init_checkpoint!r}")
-    unknown = set(cfg.options) - set(_OPTION_DEFAULTS)
-    if unknown:
-        raise ConfigError(f"unknown nnU-Net training option(s) {sorted(unknown)}; known: "
-                          f"{sorted(_OPTION_DEFAULTS)}")
-    o = {**_OPTION_DEFAULTS, **cfg.options}
+    o = NnunetTrainOptions.from_config(cfg)
     data = run.path / "data"
-    ids = write_msd_layout(cases, data)
-    ncfg = NnunetTrainConfig(
+    ncfg = NnunetTrainConfig(  # checks the ranges before any case is written
         data=data, out=run.path / "model", epochs=cfg.epochs,
         iterations_per_epoch=cfg.steps_per_epoch or 250,
-        val_iterations=int(o["val_iterations"]), target_spacing_mm=float(o["target_spacing_mm"]),
-        device=cfg.device_choice(settings), base_features=int(o["base_features"]),
-        max_features=int(o["max_features"]), max_stages=int(o["max_stages"]),
-        threads=int(o["threads"]), work_dir=run.path / "work", seed=cfg.seed,
-        initial_lr=float(cfg.lr), augment=bool(o["augment"]))
+        val_iterations=o.val_iterations, target_spacing_mm=o.target_spacing_mm,
+        device=cfg.device_choice(settings), base_features=o.base_features,
+        max_features=o.max_features, max_stages=o.max_stages,
+        threads=o.threads, work_dir=run.path / "work", seed=cfg.seed,
+        initial_lr=float(cfg.lr), augment=o.augment)
+    ids = write_msd_layout(cases, data)
     if progress is not None:
         progress(0, cfg.epochs)
     res = train_detector(ncfg)

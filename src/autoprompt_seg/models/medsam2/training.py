@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +23,6 @@ from ...errors import ConfigError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -49,91 +46,74 @@ FROZEN_IN_DECODER = ("sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1.")
 # --------------------------------------------------------------------------- options
 
 
+#: How :class:`MedSAM2TrainOptions` names its keys in errors (``train.medsam2.clip_len``).
+OPTIONS_LABEL = "train.medsam2"
+
+
 @dataclass(frozen=True)
 class MedSAM2TrainOptions:
-    """The trainer's knobs, from ``TrainConfig.options`` (validated; unknown keys refused)."""
+    """The trainer's knobs, ``TrainConfig.options`` (:mod:`autoprompt_seg.train.medsam2`),
+    parsed by :func:`autoprompt_seg.options.parse_options` (unknown keys refused; errors
+    name ``train.medsam2.<key>``); ranges and choices are checked in ``__post_init__``."""
 
-    clip_len: int = 8
-    box: str = "slice"
-    jitter_shift: float = 0.1
-    jitter_scale: float = 0.1
-    teacher_forcing: float = 0.0
-    grad_clip: float = 0.1
-    weight_decay: float = 0.1
+    clip_len: int = field(default=8, metadata={
+        "help": "consecutive slices per training clip, 1-64"})
+    box: str = field(default="slice", metadata={
+        "help": "box prompt on the clip's first frame: the lesion's box on that slice "
+                "(slice) or its box over all its slices (lesion)"})
+    jitter_shift: float = field(default=0.1, metadata={
+        "help": "box centre jitter, a fraction (0-0.99) of the box size"})
+    jitter_scale: float = field(default=0.1, metadata={
+        "help": "box size jitter, a fraction (0-0.99) of the box size"})
+    teacher_forcing: float = field(default=0.0, metadata={
+        "help": "share (0-1) of clips whose memory is built from the true masks"})
+    grad_clip: float = field(default=0.1, metadata={
+        "help": "gradient norm clip, 0-1e6; 0 = no clipping"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay, 0-10"})
     loss_weights: Mapping[str, float] = field(
-        default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
-    feature_dtype: str = "float16"
-    feature_cache_mb: float = 1024.0
-    allow_random_base: bool = False
+        default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS), metadata={
+            "help": "weights >= 0 of the focal, dice, iou and class losses; keys left out "
+                    "keep their default (focal 20, dice 1, iou 1, class 1)"})
+    feature_dtype: str = field(default="float16", metadata={
+        "help": "dtype of the cached encoder features: float16, bfloat16 or float32"})
+    feature_cache_mb: float = field(default=1024.0, metadata={
+        "help": "MiB of encoder features kept in RAM (> 0; the rest stays on disk)"})
+    allow_random_base: bool = field(default=False, metadata={
+        "help": "train from random weights when the MedSAM2 base weights are missing"})
+
+    def __post_init__(self) -> None:
+        def bad(key: str, want: str) -> ConfigError:
+            return ConfigError(f"Option '{OPTIONS_LABEL}.{key}' must be {want}; "
+                               f"got {getattr(self, key)!r}")
+
+        if not 1 <= self.clip_len <= 64:
+            raise bad("clip_len", "an integer in [1, 64]")
+        if self.box not in BOX_MODES:
+            raise bad("box", f"one of {', '.join(BOX_MODES)}")
+        for key, lo, hi in (("jitter_shift", 0.0, 0.99), ("jitter_scale", 0.0, 0.99),
+                            ("teacher_forcing", 0.0, 1.0), ("grad_clip", 0.0, 1e6),
+                            ("weight_decay", 0.0, 10.0)):
+            if not lo <= getattr(self, key) <= hi:
+                raise bad(key, f"a number in [{lo}, {hi}]")
+        if not 0.0 < self.feature_cache_mb <= 1e7:
+            raise bad("feature_cache_mb", "a number in (0.0, 10000000.0]")
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise bad("feature_dtype", f"one of {', '.join(FEATURE_DTYPES)}")
+        w = self.loss_weights
+        if set(w) - set(DEFAULT_LOSS_WEIGHTS) or any(v < 0 for v in w.values()):
+            raise bad("loss_weights", f"a table mapping some of "
+                                      f"{', '.join(DEFAULT_LOSS_WEIGHTS)} to numbers >= 0")
+        merged = {**DEFAULT_LOSS_WEIGHTS, **w}
+        if not any(merged.values()):
+            raise bad("loss_weights", "a table with a positive weight")
+        object.__setattr__(self, "loss_weights", merged)
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> MedSAM2TrainOptions:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(f"Option {unknown[0]!r} is not a medsam2 training option "
-                              f"(known: {', '.join(sorted(known))}); got {options[unknown[0]]!r}")
-        kw: dict[str, Any] = {}
-        o = options
+    def from_options(cls, options: Mapping[str, Any] | None) -> MedSAM2TrainOptions:
+        """``TrainConfig.options`` checked by the shared parser, then ``__post_init__``."""
+        from ...options import parse_options
 
-        def num(key: str, lo: float, hi: float, lo_open: bool = False) -> float:
-            v = o[key]
-            ok = isinstance(v, (int, float, np.number)) and not isinstance(v, bool) \
-                and math.isfinite(float(v)) and (float(v) > lo if lo_open else float(v) >= lo) \
-                and float(v) <= hi
-            if not ok:
-                rng = f"{'(' if lo_open else '['}{lo}, {hi}]"
-                raise ConfigError(f"Option {key!r} must be a number in {rng}; got {v!r}")
-            return float(v)
-
-        if "clip_len" in o:
-            v = o["clip_len"]
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 64:
-                raise ConfigError(f"Option 'clip_len' must be an integer in [1, 64]; got {v!r}")
-            kw["clip_len"] = int(v)
-        if "box" in o:
-            if o["box"] not in BOX_MODES:
-                raise ConfigError(f"Option 'box' must be one of {', '.join(BOX_MODES)}; "
-                                  f"got {o['box']!r}")
-            kw["box"] = o["box"]
-        for key in ("jitter_shift", "jitter_scale"):
-            if key in o:
-                kw[key] = num(key, 0.0, 0.99)
-        if "teacher_forcing" in o:
-            kw["teacher_forcing"] = num("teacher_forcing", 0.0, 1.0)
-        if "grad_clip" in o:
-            kw["grad_clip"] = num("grad_clip", 0.0, 1e6)  # 0 = no clipping
-        if "weight_decay" in o:
-            kw["weight_decay"] = num("weight_decay", 0.0, 10.0)
-        if "feature_cache_mb" in o:
-            kw["feature_cache_mb"] = num("feature_cache_mb", 0.0, 1e7, lo_open=True)
-        if "feature_dtype" in o:
-            if o["feature_dtype"] not in FEATURE_DTYPES:
-                raise ConfigError(f"Option 'feature_dtype' must be one of "
-                                  f"{', '.join(FEATURE_DTYPES)}; got {o['feature_dtype']!r}")
-            kw["feature_dtype"] = o["feature_dtype"]
-        if "allow_random_base" in o:
-            if not isinstance(o["allow_random_base"], bool):
-                raise ConfigError(f"Option 'allow_random_base' must be true or false; got "
-                                  f"{o['allow_random_base']!r}")
-            kw["allow_random_base"] = o["allow_random_base"]
-        if "loss_weights" in o:
-            w = o["loss_weights"]
-            if not isinstance(w, Mapping) or set(w) - set(DEFAULT_LOSS_WEIGHTS):
-                raise ConfigError(f"Option 'loss_weights' must map some of "
-                                  f"{', '.join(DEFAULT_LOSS_WEIGHTS)} to numbers >= 0; got {w!r}")
-            merged = dict(DEFAULT_LOSS_WEIGHTS)
-            for k, v in w.items():
-                if isinstance(v, bool) or not isinstance(v, (int, float)) \
-                        or not math.isfinite(float(v)) or v < 0:
-                    raise ConfigError(f"Option 'loss_weights' must map some of "
-                                      f"{', '.join(DEFAULT_LOSS_WEIGHTS)} to numbers >= 0; "
-                                      f"got {w!r}")
-                merged[k] = float(v)
-            if not any(merged.values()):
-                raise ConfigError(f"Option 'loss_weights' must have a positive weight; got {w!r}")
-            kw["loss_weights"] = merged
-        return cls(**kw)
+        return parse_options(cls, options, OPTIONS_LABEL)
 
 
 # --------------------------------------------------------------------------- data
