@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,8 @@ def reference_detector(rev: str) -> tuple[Any, str]:
     src = subprocess.run(["git", "show", f"{rev}:{MODULE}"], cwd=REPO, check=True,
                          capture_output=True, text=True).stdout
     # its relative imports point into the installed package
-    src = src.replace("from ..", "from autoprompt_seg.")
+    src = re.sub(r"from \.\.(\w)", r"from autoprompt_seg.\1", src)
+    src = re.sub(r"from \.(\w)", r"from autoprompt_seg.detect.\1", src)
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(src)
     spec = importlib.util.spec_from_file_location("candidates_reference", f.name)

@@ -31,7 +31,8 @@ import numpy.typing as npt
 
 from autoprompt_seg.config import default_cache_dir
 from autoprompt_seg.data import GTV_ROI, PYCERR_PATIENTS, fetch_pycerr
-from autoprompt_seg.detect.candidates import _W, CandidatesDetector, CandidatesParams, block_mean
+from autoprompt_seg.detect.candidates import _W, CandidatesDetector, CandidatesParams
+from autoprompt_seg.detect.morphology import block_mean
 from autoprompt_seg.io.dicom import load_study
 from autoprompt_seg.io.image import load_image
 from autoprompt_seg.io.rtstruct import find_rtstruct, load_roi_mask

@@ -134,7 +134,7 @@ def _grid(n: int = 41) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_solidity_separates_masses_from_branching_and_curved_structures() -> None:
     """A mass is convex, even flattened against a wall; a vessel confluence branches and an
     organ's rim curves around, so each fills little of its convex hull."""
-    from autoprompt_seg.detect.candidates import solidity
+    from autoprompt_seg.detect.morphology import solidity
 
     z, y, x = _grid()
     sphere = z ** 2 + y ** 2 + x ** 2 <= 8 ** 2

@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
-from .detect.candidates import block_mean
+from .detect.morphology import block_mean
 from .types import Volume
 
 log = logging.getLogger(__name__)

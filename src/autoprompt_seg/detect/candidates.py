@@ -81,6 +81,7 @@ from ..backends import ProgressFn
 from ..config import Settings
 from ..errors import ConfigError
 from ..types import BackendInfo, Box3D, Volume
+from .morphology import ball, block_mean, closing_edt, solidity
 
 log = logging.getLogger(__name__)
 
@@ -176,54 +177,6 @@ class Candidate:
     solidity: float = 1.0
 
 
-def _ball(radius_mm: float, spacing: tuple[float, float, float]) -> BoolArray:
-    r = [max(0, int(np.floor(radius_mm / s))) for s in spacing]
-    z, y, x = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
-    b: BoolArray = ((z * spacing[0]) ** 2 + (y * spacing[1]) ** 2 + (x * spacing[2]) ** 2
-                    <= radius_mm ** 2 + 1e-6)
-    return b
-
-
-def block_mean(a: FloatArray, f: tuple[int, int, int]) -> FloatArray:
-    """Downsample by integer factors with block means (the remainder is dropped)."""
-    if f == (1, 1, 1):
-        return a
-    nz, ny, nx = (a.shape[0] // f[0], a.shape[1] // f[1], a.shape[2] // f[2])
-    b = a[:nz * f[0], :ny * f[1], :nx * f[2]]
-    out: FloatArray = b.reshape(nz, f[0], ny, f[1], nx, f[2]).mean(axis=(1, 3, 5),
-                                                                   dtype=np.float32)
-    return out
-
-
-def solidity(mask: BoolArray) -> float:
-    """Share of the 3-D convex hull that ``mask`` fills (voxel counts on its grid).
-
-    A tumour, even one flattened against the chest wall or mediastinum, is a convex mass
-    (about 0.75-0.95 on the 2 mm working grid); a hilar vessel confluence or the rim of
-    an organ branches or curves around (about 0.5-0.6)."""
-    from skimage.morphology import convex_hull_image
-
-    nz = np.nonzero(mask)
-    if len(nz[0]) < 4:
-        return 1.0
-    sub = mask[tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)]
-    if min(sub.shape) < 2:
-        return 1.0  # flat: a 3-D hull is degenerate
-    hull = convex_hull_image(np.pad(sub, 1))
-    return float(sub.sum()) / max(float(hull.sum()), 1.0)
-
-
-def _closing_edt(mask: BoolArray, radius_mm: float, spacing: tuple[float, float, float]
-                 ) -> BoolArray:
-    """Morphological closing with a ball, by two Euclidean distance transforms."""
-    pad = [int(np.ceil(radius_mm / s)) + 1 for s in spacing]
-    mp = np.pad(mask, [(p, p) for p in pad])
-    dil = ndi.distance_transform_edt(~mp, sampling=spacing) <= radius_mm
-    closed = ndi.distance_transform_edt(dil, sampling=spacing) > radius_mm
-    out: BoolArray = closed[pad[0]:-pad[0], pad[1]:-pad[1], pad[2]:-pad[2]]
-    return out
-
-
 #: Logistic weights of the candidate score (see :meth:`CandidatesDetector._score`).
 _W = {"intercept": 1.851, "lung_contact": 1.233, "elongation": -2.878,
       "log_thickness_mm": 0.715, "context_frac": 1.022, "structure_in_field": 0.373,
@@ -307,7 +260,7 @@ class CandidatesDetector:
         if not lung.any():
             return lung.copy()
         vox_ml = float(np.prod(spacing)) / 1000.0
-        eroded = ndi.binary_erosion(lung, structure=_ball(p.split_erosion_mm, spacing))
+        eroded = ndi.binary_erosion(lung, structure=ball(p.split_erosion_mm, spacing))
         lab, n = ndi.label(eroded)
         sizes = np.bincount(lab.ravel(), minlength=n + 1)
         sizes[0] = 0
@@ -330,7 +283,7 @@ class CandidatesDetector:
             nxs = np.nonzero(part.any(axis=(0, 1)))[0]
             sl = (slice(nzs[0], nzs[-1] + 1), slice(nys[0], nys[-1] + 1),
                   slice(nxs[0], nxs[-1] + 1))
-            field[sl] |= _closing_edt(part[sl], r, spacing)
+            field[sl] |= closing_edt(part[sl], r, spacing)
         return field
 
     def candidates(self, img: FloatArray, spacing: tuple[float, float, float]
@@ -347,7 +300,7 @@ class CandidatesDetector:
         soft = (smooth >= p.soft_lo_hu) & (smooth <= p.soft_hi_hu) & field & ~lung
         # ground glass around a core: the sub-solid part of a part-solid lesion
         ggo = (smooth >= p.ggo_lo_hu) & (smooth < p.soft_lo_hu) & field
-        soft = ndi.binary_opening(soft, structure=_ball(p.vessel_radius_mm, spacing))
+        soft = ndi.binary_opening(soft, structure=ball(p.vessel_radius_mm, spacing))
         lab0, _ = ndi.label(soft)
         lab = np.zeros(lab0.shape, dtype=np.int32)
         vox_ml = float(np.prod(spacing)) / 1000.0
@@ -377,7 +330,7 @@ class CandidatesDetector:
             core = self._core(comp, edt, thick, spacing)
             if depth < int(p.remainder_depth):
                 rest = ndi.binary_opening(comp & ~ndi.binary_dilation(core),
-                                          structure=_ball(p.vessel_radius_mm, spacing))
+                                          structure=ball(p.vessel_radius_mm, spacing))
                 rlab, rn = ndi.label(rest)
                 for j in range(1, rn + 1):
                     work.append((rlab == j, sl, depth + 1))
@@ -404,7 +357,7 @@ class CandidatesDetector:
         envelope branches). ``lab`` gets the new labels."""
         p = self.params
         g = (smooth >= p.ggo_lo_hu) & (smooth <= p.soft_hi_hu) & field
-        g = ndi.binary_opening(g, structure=_ball(p.vessel_radius_mm, spacing))
+        g = ndi.binary_opening(g, structure=ball(p.vessel_radius_mm, spacing))
         glab, _ = ndi.label(g)
         vox_ml = float(np.prod(spacing)) / 1000.0
         out: list[Candidate] = []
@@ -446,7 +399,7 @@ class CandidatesDetector:
         c[off[0]:off[0] + core.shape[0], off[1]:off[1] + core.shape[1],
           off[2]:off[2] + core.shape[2]] = core
         near = ndi.distance_transform_edt(~c, sampling=spacing) <= p.halo_mm
-        region = ndi.binary_opening((ggo[big] & near) | c, structure=_ball(p.halo_open_mm, spacing))
+        region = ndi.binary_opening((ggo[big] & near) | c, structure=ball(p.halo_open_mm, spacing))
         region |= c
         lab, _ = ndi.label(region)
         ids = np.unique(lab[c])
@@ -551,7 +504,7 @@ class CandidatesDetector:
         part holding the deepest point is restored by a dilation inside the component."""
         p = self.params
         r = max(p.vessel_radius_mm, p.core_frac * thick)
-        se = _ball(r, spacing)
+        se = ball(r, spacing)
         core = ndi.binary_opening(comp, structure=se)
         lab, n = ndi.label(core)
         if n == 0:
