@@ -211,14 +211,29 @@ def test_airways_are_grown_from_the_trachea_without_leaking_into_the_lung():
     assert (found & parenchyma).sum() < 0.01 * parenchyma.sum()
 
 
+def _mm_grid(vol: Volume):
+    """Voxel-centre coordinates in mm (z, y, x) and the in-plane centre (cy, cx)."""
+    sp = vol.spacing
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(vol.shape, sp, strict=True)),
+                          indexing="ij")
+    return z, y, x, vol.shape[1] * sp[1] / 2, vol.shape[2] * sp[2] / 2
+
+
+def _with_part_solid(vol: Volume, glass: np.ndarray, solid: np.ndarray) -> Volume:
+    """``vol`` with ground glass (-560 HU) over ``glass`` and tissue (30 HU) over ``solid``,
+    both keeping the phantom's noise around its lung value (-850 HU)."""
+    arr = vol.array.copy()
+    arr[glass] = -560.0 + (arr[glass] + 850.0)
+    arr[solid] = 30.0 + (vol.array[solid] + 850.0)
+    return Volume(array=arr, spacing=vol.spacing, origin=vol.origin, direction=vol.direction)
+
+
 def _bridged_nodule_phantom():
     """The phantom's right-lung nodule (r 9 mm), joined by a 5 mm-radius vessel-like bridge
     to a thicker soft-tissue mass (r 16 mm) nearer the mediastinum."""
     vol, truth = thorax_phantom(seed=4, heart=False, tube=False)
     sp = vol.spacing
-    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(vol.shape, sp, strict=True)),
-                          indexing="ij")
-    cy, cx = vol.shape[1] * sp[1] / 2, vol.shape[2] * sp[2] / 2
+    z, y, x, cy, cx = _mm_grid(vol)
     nod = np.array([120.0, cy - 30, cx - 95])
     big = np.array([120.0, cy - 30, cx - 52])
     mass = ((z - big[0]) ** 2 + (y - big[1]) ** 2 + (x - big[2]) ** 2) <= 16 ** 2
@@ -249,15 +264,10 @@ def test_a_nodule_bridged_to_a_thicker_mass_keeps_its_own_candidate():
 def test_a_part_solid_nodule_gets_a_box_that_holds_its_ground_glass():
     vol, truth = thorax_phantom(seed=5, heart=False, tube=False, nodule=False)
     sp = vol.spacing
-    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(vol.shape, sp, strict=True)),
-                          indexing="ij")
-    cy, cx = vol.shape[1] * sp[1] / 2, vol.shape[2] * sp[2] / 2
+    z, y, x, cy, cx = _mm_grid(vol)
     r2 = (z - 120) ** 2 + (y - (cy - 30)) ** 2 + (x - (cx - 95)) ** 2
     ggo, solid = r2 <= 15 ** 2, r2 <= 7 ** 2
-    arr = vol.array.copy()
-    arr[ggo] = -560.0 + (arr[ggo] + 850.0)  # ground glass, with the phantom's noise
-    arr[solid] = 30.0 + (vol.array[solid] + 850.0)
-    part_solid = Volume(array=arr, spacing=sp, origin=vol.origin, direction=vol.direction)
+    part_solid = _with_part_solid(vol, ggo, solid)
     det = CandidatesDetector()
     (box,) = [b for b in det.detect(part_solid) if _hits(b, solid)]
     # the box holds most of the ground glass, not only the solid core
@@ -280,9 +290,7 @@ def test_a_round_mass_pressed_on_the_mediastinum_is_kept_by_the_convex_mass_rule
 
     vol, _ = thorax_phantom(seed=2, heart=True, tube=False, nodule=False)
     sp = vol.spacing
-    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(vol.shape, sp, strict=True)),
-                          indexing="ij")
-    cy, cx = vol.shape[1] * sp[1] / 2, vol.shape[2] * sp[2] / 2
+    z, y, x, cy, cx = _mm_grid(vol)
     # 24 mm across, 31 mm along z, its centre 6 mm into the right lung from the mediastinum
     mass = ((z - 110) / 1.3) ** 2 + (y - (cy + 10)) ** 2 + (x - (cx - 21)) ** 2 <= 12 ** 2
     arr = vol.array.copy()
@@ -309,16 +317,10 @@ def test_a_small_part_solid_nodule_is_found_by_its_ground_glass_blob():
     from autoprompt_seg.types import OperatingPoint
 
     vol, truth = thorax_phantom(seed=5, heart=True, tube=True, nodule=False)
-    sp = vol.spacing
-    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(vol.shape, sp, strict=True)),
-                          indexing="ij")
-    cy, cx = vol.shape[1] * sp[1] / 2, vol.shape[2] * sp[2] / 2
+    z, y, x, cy, cx = _mm_grid(vol)
     r2 = (z - 120) ** 2 + (y - (cy - 30)) ** 2 + (x - (cx - 95)) ** 2
     ggo, solid = r2 <= 10 ** 2, r2 <= 3.5 ** 2
-    arr = vol.array.copy()
-    arr[ggo] = -560.0 + (arr[ggo] + 850.0)  # ground glass, with the phantom's noise
-    arr[solid] = 30.0 + (vol.array[solid] + 850.0)
-    chest = Volume(array=arr, spacing=sp, origin=vol.origin, direction=vol.direction)
+    chest = _with_part_solid(vol, ggo, solid)
     op = OperatingPoint().min_score
     boxes = [b for b in CandidatesDetector().detect(chest) if b.score >= op]
     assert len(boxes) == 1, boxes
