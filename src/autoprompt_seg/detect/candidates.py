@@ -177,6 +177,18 @@ class Candidate:
     solidity: float = 1.0
 
 
+def _padded(sl: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """A component's box with a 2-voxel border (for its surface ring), inside ``shape``."""
+    return tuple(slice(max(0, s.start - 2), min(dim, s.stop + 2))
+                 for s, dim in zip(sl, shape, strict=True))
+
+
+def _thickness_mm(edt: npt.NDArray[np.float64], spacing: tuple[float, float, float]) -> float:
+    """Largest inscribed-ball radius from a distance map: the EDT counts to the nearest
+    background voxel centre, so half a voxel is added."""
+    return float(edt.max()) + 0.5 * float(np.mean(spacing))
+
+
 #: Logistic weights of the candidate score (see :meth:`CandidatesDetector._score`).
 _W = {"intercept": 1.851, "lung_contact": 1.233, "elongation": -2.878,
       "log_thickness_mm": 0.715, "context_frac": 1.022, "structure_in_field": 0.373,
@@ -313,9 +325,7 @@ class CandidatesDetector:
         for i, sl in enumerate(ndi.find_objects(lab0), start=1):
             if sl is None:
                 continue
-            # a 2-voxel border around the component for its surface
-            sl = tuple(slice(max(0, s.start - 2), min(dim, s.stop + 2))
-                       for s, dim in zip(sl, lab0.shape, strict=False))
+            sl = _padded(sl, lab0.shape)
             work.append((lab0[sl] == i, sl, 0))
         while work:
             comp, sl, depth = work.pop()
@@ -323,8 +333,7 @@ class CandidatesDetector:
             if vol_ml < p.min_volume_ml or vol_ml > p.max_volume_ml:
                 continue
             edt = ndi.distance_transform_edt(comp, sampling=spacing)
-            # EDT counts to the nearest background voxel centre: add half a voxel
-            thick = float(edt.max()) + 0.5 * float(np.mean(spacing))
+            thick = _thickness_mm(edt, spacing)
             if thick < p.min_thickness_mm:
                 continue
             core = self._core(comp, edt, thick, spacing)
@@ -364,15 +373,14 @@ class CandidatesDetector:
         for i, sl in enumerate(ndi.find_objects(glab), start=1):
             if sl is None:
                 continue
-            sl = tuple(slice(max(0, s.start - 2), min(dim, s.stop + 2))
-                       for s, dim in zip(sl, glab.shape, strict=False))
+            sl = _padded(sl, glab.shape)
             comp = glab[sl] == i
             vol_ml = float(comp.sum()) * vox_ml
             if (vol_ml < p.min_volume_ml or vol_ml > p.max_volume_ml
                     or (lab[sl][comp] > 0).any()):
                 continue
             edt = ndi.distance_transform_edt(comp, sampling=spacing)
-            if float(edt.max()) + 0.5 * float(np.mean(spacing)) < p.ggo_min_thickness_mm:
+            if _thickness_mm(edt, spacing) < p.ggo_min_thickness_mm:
                 continue
             # the ring around a ground-glass blob is aerated lung outside the blob
             cand = self._candidate(comp, sl, edt, lung & ~g, plab, psize, pfield, spacing,
@@ -423,7 +431,7 @@ class CandidatesDetector:
         vol_ml = float(comp.sum()) * vox_ml
         if vol_ml < p.min_volume_ml:
             return None
-        thick = float(edt[comp].max()) + 0.5 * float(np.mean(spacing))
+        thick = _thickness_mm(edt[comp], spacing)
         if thick < p.min_thickness_mm:
             return None
         coords = np.argwhere(comp).astype(np.float64) * np.asarray(spacing)
