@@ -52,9 +52,29 @@ except ImportError:  # the previous detector's tree (no operating point: it cut 
 LIDC_NODULE_BOX = (152, 170, 232, 256, 173, 197)
 
 
-def lidc_nodule(volume: Volume) -> npt.NDArray[np.bool_]:
-    """The LIDC-0314 nodule: the > -500 HU component at the centre of its box."""
+def resample_slices(volume: Volume, slice_mm: float) -> Volume:
+    """The volume with slices ``slice_mm`` apart (SimpleITK, linear; in-plane unchanged):
+    the whole-chest backgrounds as a thick-slice study would have them."""
+    import SimpleITK as sitk
+
+    from autoprompt_seg.io.image import volume_to_sitk
+
+    img = volume_to_sitk(volume)
+    sz, sy, sx = volume.spacing
+    nz = max(1, int(round(volume.shape[0] * sz / slice_mm)))
+    out = sitk.Resample(img, [volume.shape[2], volume.shape[1], nz], sitk.Transform(),
+                        sitk.sitkLinear, img.GetOrigin(), (sx, sy, slice_mm),
+                        img.GetDirection(), -1024.0, sitk.sitkFloat32)
+    return Volume(array=sitk.GetArrayFromImage(out), spacing=(slice_mm, sy, sx),
+                  origin=volume.origin, direction=volume.direction,
+                  source_format=volume.source_format)
+
+
+def lidc_nodule(volume: Volume, z_scale: float = 1.0) -> npt.NDArray[np.bool_]:
+    """The LIDC-0314 nodule: the > -500 HU component at the centre of its box
+    (``z_scale``: the loaded slice spacing over the resampled one)."""
     z0, z1, y0, y1, x0, x1 = LIDC_NODULE_BOX
+    z0, z1 = int(np.floor(z0 * z_scale)), int(np.ceil(z1 * z_scale))
     sub = volume.array[z0:z1, y0:y1, x0:x1] > -500
     lab, _ = ndi.label(sub)
     c = lab[(z1 - z0) // 2, (y1 - y0) // 2, (x1 - x0) // 2]
@@ -111,9 +131,18 @@ def main() -> None:
     ap.add_argument("--per-pair", type=int, default=3,
                     help="transplanted cases per (background, lesion); sites cycle")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--volume-range", type=float, nargs=2, default=(1.0, 150.0),
+                    metavar=("MIN_ML", "MAX_ML"),
+                    help="transplanted lesion volumes, log-uniform (default 1 150); "
+                         "e.g. 60 400 for the large tumours of NSCLC studies")
+    ap.add_argument("--sites", default="parenchyma,pleura,mediastinum",
+                    help="comma-separated transplant sites, cycled per lesion")
     ap.add_argument("--min-score", type=float, default=None,
                     help="operating point (default: the product's)")
     ap.add_argument("--max-lesions", type=int, default=None)
+    ap.add_argument("--slice-mm", type=float, default=None,
+                    help="resample LIDC-0314 and the CTA (and so the transplanted cases) to "
+                         "this slice spacing, e.g. 3 or 5 as in thick-slice NSCLC studies")
     ap.add_argument("--no-transplants", action="store_true")
     ap.add_argument("--candidates-option", action="append", default=[], metavar="KEY=VALUE",
                     help="override a candidates detector parameter, e.g. remainder_depth=0 "
@@ -151,15 +180,21 @@ def main() -> None:
         lesions.append(LesionSource.from_volume(pat, vol, gt))
         rows.append(score_case(pat, "real pycerr", vol, gt.astype(np.uint8), det, seg, op))
     lidc, _ = load_study(args.shared / "lidc_idri_0314_dicom")
-    nod = lidc_nodule(lidc)
+    cta = load_image(args.shared / "chest_cta_no_tumour.nii.gz")
+    z_scale = 1.0
+    if args.slice_mm:
+        z_scale = lidc.spacing[0] / args.slice_mm
+        lidc, cta = resample_slices(lidc, args.slice_mm), resample_slices(cta, args.slice_mm)
+    nod = lidc_nodule(lidc, z_scale)
     rows.append(score_case("LIDC-0314", "real whole chest", lidc, nod.astype(np.uint8),
                            det, seg, op))
-    cta = load_image(args.shared / "chest_cta_no_tumour.nii.gz")
     rows.append(score_case("CTA (no tumour)", "real whole chest", cta,
                            np.zeros(cta.shape, np.uint8), det, seg, op))
     if not args.no_transplants:
+        sites = tuple(x.strip() for x in args.sites.split(",") if x.strip())
         for case in generate([("lidc", lidc), ("cta", cta)], lesions, per_pair=args.per_pair,
-                             seed=args.seed):
+                             seed=args.seed, sites=sites,
+                             volume_range_ml=tuple(args.volume_range)):
             les = case.lesions[0].source
             if case.background == "lidc":
                 group = "tp dev" if les != "pat_4" else "tp mixed"

@@ -60,6 +60,8 @@ def test_bad_option_names_the_argument() -> None:
         create(Settings(options={"candidates": {"bogus": 1}}))
     with pytest.raises(ConfigError, match=r"mass_score' must be <= 1; got 1\.5"):
         CandidatesParams(mass_score=1.5)
+    with pytest.raises(ConfigError, match=r"large_mass_min_solidity' must be <= 1; got 1\.2"):
+        CandidatesParams(large_mass_min_solidity=1.2)
 
 
 def test_finds_tumour_not_vessel() -> None:

@@ -309,6 +309,35 @@ def test_a_round_mass_pressed_on_the_mediastinum_is_kept_by_the_convex_mass_rule
     assert best_on_mass(CandidatesDetector(CandidatesParams(mass_min_solidity=0.99))) < op
 
 
+def test_a_large_elongated_mass_on_the_mediastinum_is_kept_by_the_large_mass_tier():
+    """A big tumour beside the mediastinum is longer along z (elongation about 2.3) than
+    the convex-mass rule allows (2.1); at 15 mm thick, 0.9 solid and mostly on the lung,
+    the large-mass tier (v2.4) keeps it - and only that tier does."""
+    from autoprompt_seg.detect.candidates import CandidatesParams
+    from autoprompt_seg.types import OperatingPoint
+
+    vol, truth = thorax_phantom(seed=2, heart=True, tube=False, nodule=False)
+    sp = vol.spacing
+    z, y, x, cy, cx = _mm_grid(vol)
+    # 32 mm across, 70 mm along z, its medial edge on the mediastinum
+    mass = ((z - 110) / 2.2) ** 2 + (y - (cy + 10)) ** 2 + (x - (cx - 30)) ** 2 <= 16 ** 2
+    arr = vol.array.copy()
+    arr[mass] = 35.0
+    chest = Volume(array=arr, spacing=sp, origin=vol.origin, direction=vol.direction)
+    op = OperatingPoint().min_score
+
+    def kept(det):
+        return [b for b in det.detect(chest) if b.score >= op]
+
+    (box,) = kept(CandidatesDetector())
+    assert _hits(box, mass) > 0.9 * int(mass.sum())
+    assert _hits(box, truth["heart"]) < 0.05 * int(truth["heart"].sum())
+    assert kept(CandidatesDetector(CandidatesParams(large_mass_min_thickness_mm=0))) == []
+    # the tier asks for more solidity and more lung contact than the mass has
+    assert kept(CandidatesDetector(CandidatesParams(large_mass_min_solidity=0.99))) == []
+    assert kept(CandidatesDetector(CandidatesParams(large_mass_min_contact=0.9))) == []
+
+
 def test_a_small_part_solid_nodule_is_found_by_its_ground_glass_blob():
     """A part-solid nodule whose solid part (3.5 mm radius) is under the thickness floor
     has no solid candidate; its ground-glass blob (10 mm radius) is the candidate, and

@@ -1,4 +1,4 @@
-"""Training-free lung tumour detector (v2.3): lung fields, soft-tissue candidates, anatomy
+"""Training-free lung tumour detector (v2.4): lung fields, soft-tissue candidates, anatomy
 context and a calibrated confidence.
 
 The pipeline works on a coarse grid (block means to about ``work_mm`` in-plane and
@@ -55,7 +55,12 @@ spacing:
    it; a hilar vessel confluence of the same size branches (solidity about 0.5-0.6 on
    the development set, tumours 0.7-0.95). ``mass_score`` (0.5) is a set level, not a
    fitted probability: the development set held two such tumours and no such
-   non-tumour. ``mass_score=0`` turns the rule off. Candidates scoring below
+   non-tumour. ``mass_score=0`` turns the rule off. **Large masses** (v2.4): a candidate
+   at least ``large_mass_min_thickness_mm`` (12) thick may be up to
+   ``large_mass_max_elongation`` (2.6) long when at least ``large_mass_min_solidity``
+   solid with ``large_mass_min_contact`` of its surface on lung (a big tumour flattened
+   on the mediastinum is longer than a nodule; no non-tumour of the development data
+   was that thick, solid and on the lung). Candidates scoring below
    ``min_score`` (a floor, 0.1) are dropped; at most ``max_candidates`` are returned, so
    the pipeline's operating point (``--min-score``, default 0.4) decides which are
    segmented and which are only listed in report.json.
@@ -81,11 +86,11 @@ from ..backends import ProgressFn
 from ..config import Settings
 from ..errors import ConfigError
 from ..types import BackendInfo, Box3D, Volume
-from .morphology import ball, block_mean, closing_edt, solidity
+from .morphology import ball, block_mean, closing_edt, padded, solidity, thickness_mm
 
 log = logging.getLogger(__name__)
 
-VERSION = "2.3.0"
+VERSION = "2.4.0"
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
@@ -128,6 +133,10 @@ class CandidatesParams:
     mass_min_solidity: float = 0.7
     mass_min_contact: float = 0.4
     mass_score: float = 0.5
+    large_mass_min_thickness_mm: float = 12.0
+    large_mass_max_elongation: float = 2.6
+    large_mass_min_solidity: float = 0.72
+    large_mass_min_contact: float = 0.55
     ggo_candidates: float = 1
     ggo_min_thickness_mm: float = 7.0
     ggo_min_solidity: float = 0.6
@@ -144,7 +153,8 @@ class CandidatesParams:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"Argument 'candidates.{name}' must be > 0; "
                                   f"got {getattr(self, name)!r}")
-        for name in ("mass_min_solidity", "mass_min_contact", "mass_score", "min_score"):
+        for name in ("mass_min_solidity", "mass_min_contact", "mass_score", "min_score",
+                     "large_mass_min_solidity", "large_mass_min_contact"):
             if getattr(self, name) > 1:
                 raise ConfigError(f"Argument 'candidates.{name}' must be <= 1; "
                                   f"got {getattr(self, name)!r}")
@@ -175,18 +185,6 @@ class Candidate:
     structure_in_field: float = 1.0
     extent: tuple[slice, slice, slice] | None = None
     solidity: float = 1.0
-
-
-def _padded(sl: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
-    """A component's box with a 2-voxel border (for its surface ring), inside ``shape``."""
-    return tuple(slice(max(0, s.start - 2), min(dim, s.stop + 2))
-                 for s, dim in zip(sl, shape, strict=True))
-
-
-def _thickness_mm(edt: npt.NDArray[np.float64], spacing: tuple[float, float, float]) -> float:
-    """Largest inscribed-ball radius from a distance map: the EDT counts to the nearest
-    background voxel centre, so half a voxel is added."""
-    return float(edt.max()) + 0.5 * float(np.mean(spacing))
 
 
 #: Logistic weights of the candidate score (see :meth:`CandidatesDetector._score`).
@@ -325,7 +323,7 @@ class CandidatesDetector:
         for i, sl in enumerate(ndi.find_objects(lab0), start=1):
             if sl is None:
                 continue
-            sl = _padded(sl, lab0.shape)
+            sl = padded(sl, lab0.shape)
             work.append((lab0[sl] == i, sl, 0))
         while work:
             comp, sl, depth = work.pop()
@@ -333,7 +331,7 @@ class CandidatesDetector:
             if vol_ml < p.min_volume_ml or vol_ml > p.max_volume_ml:
                 continue
             edt = ndi.distance_transform_edt(comp, sampling=spacing)
-            thick = _thickness_mm(edt, spacing)
+            thick = thickness_mm(edt, spacing)
             if thick < p.min_thickness_mm:
                 continue
             core = self._core(comp, edt, thick, spacing)
@@ -373,14 +371,14 @@ class CandidatesDetector:
         for i, sl in enumerate(ndi.find_objects(glab), start=1):
             if sl is None:
                 continue
-            sl = _padded(sl, glab.shape)
+            sl = padded(sl, glab.shape)
             comp = glab[sl] == i
             vol_ml = float(comp.sum()) * vox_ml
             if (vol_ml < p.min_volume_ml or vol_ml > p.max_volume_ml
                     or (lab[sl][comp] > 0).any()):
                 continue
             edt = ndi.distance_transform_edt(comp, sampling=spacing)
-            if _thickness_mm(edt, spacing) < p.ggo_min_thickness_mm:
+            if thickness_mm(edt, spacing) < p.ggo_min_thickness_mm:
                 continue
             # the ring around a ground-glass blob is aerated lung outside the blob
             cand = self._candidate(comp, sl, edt, lung & ~g, plab, psize, pfield, spacing,
@@ -431,7 +429,7 @@ class CandidatesDetector:
         vol_ml = float(comp.sum()) * vox_ml
         if vol_ml < p.min_volume_ml:
             return None
-        thick = _thickness_mm(edt[comp], spacing)
+        thick = thickness_mm(edt[comp], spacing)
         if thick < p.min_thickness_mm:
             return None
         coords = np.argwhere(comp).astype(np.float64) * np.asarray(spacing)
@@ -453,11 +451,16 @@ class CandidatesDetector:
         ctx, s_ml, s_in = self._context(comp, sl, plab, psize, pfield, spacing)
         sol = solidity(comp)
         score = self._score(thick, elong, contact, ctx, s_in)
-        if (thick >= p.mass_min_thickness_mm and elong <= p.mass_max_elongation
-                and sol >= p.mass_min_solidity and contact >= p.mass_min_contact):
-            # a thick, round, convex mass on the lung: a tumour even where it touches the
-            # mediastinum or chest wall (low context), unlike a hilar vessel confluence
-            # (it branches: low solidity) or a vessel or organ rim (elongated or thin)
+        # a thick, round, convex mass on the lung: a tumour even where it touches the
+        # mediastinum or chest wall (low context), unlike a hilar vessel confluence
+        # (it branches: low solidity) or a vessel or organ rim (elongated or thin); a
+        # large one (v2.4) may be longer if it is more solid and more on the lung
+        if ((thick >= p.mass_min_thickness_mm and elong <= p.mass_max_elongation
+                and sol >= p.mass_min_solidity and contact >= p.mass_min_contact)
+                or (0 < p.large_mass_min_thickness_mm <= thick
+                    and elong <= p.large_mass_max_elongation
+                    and sol >= p.large_mass_min_solidity
+                    and contact >= p.large_mass_min_contact)):
             score = max(score, p.mass_score)
         log.debug("candidate %d: %.2f ml, thickness %.1f mm, elongation %.2f, lung contact "
                   "%.2f, solidity %.2f, score %.2f", label, vol_ml, thick, elong, contact,

@@ -1,6 +1,6 @@
 """Morphology on a voxel grid with physical spacing (mm), shared by the ``candidates``
 detector and the lesion transplanter: balls, block-mean downsampling, closing by distance
-transforms, and 3-D solidity."""
+transforms, 3-D solidity, and a component's padded box and thickness."""
 
 from __future__ import annotations
 
@@ -59,3 +59,15 @@ def closing_edt(mask: BoolArray, radius_mm: float, spacing: tuple[float, float, 
     closed = ndi.distance_transform_edt(dil, sampling=spacing) > radius_mm
     out: BoolArray = closed[pad[0]:-pad[0], pad[1]:-pad[1], pad[2]:-pad[2]]
     return out
+
+
+def padded(sl: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """A component's box with a 2-voxel border (for its surface ring), inside ``shape``."""
+    return tuple(slice(max(0, s.start - 2), min(dim, s.stop + 2))
+                 for s, dim in zip(sl, shape, strict=True))
+
+
+def thickness_mm(edt: npt.NDArray[np.float64], spacing: tuple[float, float, float]) -> float:
+    """Largest inscribed-ball radius from a distance map: the EDT counts to the nearest
+    background voxel centre, so half a voxel is added."""
+    return float(edt.max()) + 0.5 * float(np.mean(spacing))
