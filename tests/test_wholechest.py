@@ -281,6 +281,20 @@ def test_a_part_solid_nodule_gets_a_box_that_holds_its_ground_glass():
     assert _hits(tight, ggo) < 0.6 * int(ggo.sum())
 
 
+def _chest_with_mediastinal_mass(radius, z_stretch, x_left):
+    """The seed-2 phantom chest (with heart) and a 35 HU ellipsoid in the right lung:
+    ``radius`` mm in-plane, ``z_stretch`` times that along z, its centre ``x_left`` mm
+    right of the midline (the mediastinum ends 15 mm from it)."""
+    vol, truth = thorax_phantom(seed=2, heart=True, tube=False, nodule=False)
+    z, y, x, cy, cx = _mm_grid(vol)
+    mass = (((z - 110) / z_stretch) ** 2 + (y - (cy + 10)) ** 2 + (x - (cx - x_left)) ** 2
+            <= radius ** 2)
+    arr = vol.array.copy()
+    arr[mass] = 35.0
+    chest = Volume(array=arr, spacing=vol.spacing, origin=vol.origin, direction=vol.direction)
+    return chest, mass, truth
+
+
 def test_a_round_mass_pressed_on_the_mediastinum_is_kept_by_the_convex_mass_rule():
     """A tumour pressed on the mediastinum touches a large structure (low context), so
     the logistic score alone puts it below the operating point; its shape (thick, round,
@@ -288,14 +302,8 @@ def test_a_round_mass_pressed_on_the_mediastinum_is_kept_by_the_convex_mass_rule
     from autoprompt_seg.detect.candidates import CandidatesParams
     from autoprompt_seg.types import OperatingPoint
 
-    vol, _ = thorax_phantom(seed=2, heart=True, tube=False, nodule=False)
-    sp = vol.spacing
-    z, y, x, cy, cx = _mm_grid(vol)
     # 24 mm across, 31 mm along z, its centre 6 mm into the right lung from the mediastinum
-    mass = ((z - 110) / 1.3) ** 2 + (y - (cy + 10)) ** 2 + (x - (cx - 21)) ** 2 <= 12 ** 2
-    arr = vol.array.copy()
-    arr[mass] = 35.0
-    chest = Volume(array=arr, spacing=sp, origin=vol.origin, direction=vol.direction)
+    chest, mass, _ = _chest_with_mediastinal_mass(radius=12, z_stretch=1.3, x_left=21)
     op = OperatingPoint().min_score
 
     def best_on_mass(det):
@@ -316,14 +324,8 @@ def test_a_large_elongated_mass_on_the_mediastinum_is_kept_by_the_large_mass_tie
     from autoprompt_seg.detect.candidates import CandidatesParams
     from autoprompt_seg.types import OperatingPoint
 
-    vol, truth = thorax_phantom(seed=2, heart=True, tube=False, nodule=False)
-    sp = vol.spacing
-    z, y, x, cy, cx = _mm_grid(vol)
     # 32 mm across, 70 mm along z, its medial edge on the mediastinum
-    mass = ((z - 110) / 2.2) ** 2 + (y - (cy + 10)) ** 2 + (x - (cx - 30)) ** 2 <= 16 ** 2
-    arr = vol.array.copy()
-    arr[mass] = 35.0
-    chest = Volume(array=arr, spacing=sp, origin=vol.origin, direction=vol.direction)
+    chest, mass, truth = _chest_with_mediastinal_mass(radius=16, z_stretch=2.2, x_left=30)
     op = OperatingPoint().min_score
 
     def kept(det):
