@@ -147,6 +147,10 @@ def main() -> None:
     ap.add_argument("--candidates-option", action="append", default=[], metavar="KEY=VALUE",
                     help="override a candidates detector parameter, e.g. remainder_depth=0 "
                          "(the v2.0 candidates); repeatable")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="BACKEND.KEY=VALUE",
+                    help="override any backend parameter, e.g. classical.fat_hi_hu=-150 (the "
+                         "segmenter without its fat rule); repeatable")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -159,8 +163,17 @@ def main() -> None:
         if not sep:
             ap.error(f"--candidates-option must be KEY=VALUE; got {kv!r}")
         cand_opts[key] = float(value)
-    settings = Settings(cache_dir=default_cache_dir(),
-                        options={"candidates": cand_opts} if cand_opts else {})
+    options: dict[str, dict[str, float]] = {"candidates": cand_opts} if cand_opts else {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        backend, dot, name = key.partition(".")
+        if not (sep and dot and backend and name):
+            ap.error(f"--set must be BACKEND.KEY=VALUE; got {item!r}")
+        try:
+            options.setdefault(backend, {})[name] = float(value)
+        except ValueError:
+            ap.error(f"--set {item}: the value must be a number")
+    settings = Settings(cache_dir=default_cache_dir(), options=options)
     det = registry.get("detector", args.detector).create(settings)
     seg = registry.get("segmenter", args.segmenter).create(settings)
     op = None

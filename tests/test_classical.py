@@ -60,6 +60,10 @@ def test_info_and_options() -> None:
         ClassicalParams(lower_min_hu=0.0, lower_max_hu=-100.0)
     with pytest.raises(ConfigError, match="nope"):
         create(Settings(options={"classical": {"nope": 1}}))
+    with pytest.raises(ConfigError, match="fat_lo_hu.*-20.0 > -30.0"):
+        ClassicalParams(fat_lo_hu=-20.0)
+    with pytest.raises(ConfigError, match="fat_lung_mm"):
+        ClassicalParams(fat_lung_mm=-1.0)
 
 
 def test_sphere_dice_and_progress() -> None:
@@ -79,6 +83,26 @@ def test_juxtapleural_sphere_does_not_leak_into_wall() -> None:
     full = les.full()
     assert _dice(full, m) >= 0.75
     assert full[:, :15, :].sum() < 0.05 * m.sum()
+
+
+def test_fat_plane_keeps_a_loose_box_out_of_the_mediastinum() -> None:
+    """A tumour on a fat-lined mediastinum (a +40 HU block at x < 35 mm behind a -100 HU
+    fat plane); a loose automatic box reaches into the block. With the fat rule the mask
+    stays on the tumour's side of the plane; without it, it leaks into the block."""
+    vol, (m,) = lung_with_spheres([(50.0, 50.0, 47.0)])
+    x = (np.arange(vol.shape[2]) + 0.5) * SPACING[2]
+    lung = vol.array < -400
+    vol.array[lung & (x < 35)] = 40.0
+    vol.array[lung & (x >= 35) & (x < 39)] = -100.0
+    med = np.broadcast_to(x < 35, vol.shape)
+    b = box_of(m)
+    loose = Box3D(z0=b.z0 - 2, z1=b.z1 + 2, y0=b.y0 - 8, y1=b.y1 + 8, x0=b.x0 - 8,
+                  x1=b.x1 + 8, key_slice=b.key_slice, score=1.0, source="test")
+    (les,) = ClassicalSegmenter().segment(vol, [loose])
+    assert not (les.full() & med).any()
+    assert _dice(les.full(), m) >= 0.7
+    (off,) = ClassicalSegmenter(ClassicalParams(fat_hi_hu=-150.0)).segment(vol, [loose])
+    assert (off.full() & med).sum() > 0.3 * m.sum()
 
 
 def test_two_lesions_are_disjoint_and_ordered() -> None:

@@ -7,7 +7,11 @@ For each box:
    automatic box can still hold the whole tumour.
 2. On the key slice, the CT (lightly smoothed in-plane) is thresholded between a lower
    bound learned from the box (Otsu between lung and tissue, clipped to
-   ``[lower_min_hu, lower_max_hu]``) and ``upper_hu`` (excludes bone). An in-plane opening
+   ``[lower_min_hu, lower_max_hu]``) and ``upper_hu`` (excludes bone). Fat
+   (``fat_lo_hu .. fat_hi_hu`` on the smoothed CT) more than ``fat_lung_mm`` from aerated
+   lung is taken out of that band (v0.2): the fat plane between a tumour and the
+   mediastinum, heart or chest wall then separates them, while the partial-volume rim of
+   a tumour on the lung, which passes through the same HU, stays. An in-plane opening
    whose radius scales with the box (``open_frac`` of its smaller side, clipped to
    ``[open_min_mm, open_max_mm]``) cuts vessels and thin chest-wall layers; the component
    that holds the box centre (or is nearest to it) is kept, restored by a geodesic
@@ -39,7 +43,7 @@ from ..types import BackendInfo, Box3D, LesionMask, Volume
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
@@ -66,6 +70,9 @@ class ClassicalParams:
     max_area_ratio: float = 1.6
     min_area_mm2: float = 4.0
     ellipsoid_scale: float = 1.1
+    fat_lo_hu: float = -150.0
+    fat_hi_hu: float = -30.0
+    fat_lung_mm: float = 3.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -73,12 +80,16 @@ class ClassicalParams:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v):
                 raise ConfigError(f"Argument 'classical.{f.name}' must be a finite number; "
                                   f"got {v!r}")
-            if f.name not in ("lower_min_hu", "lower_max_hu", "upper_hu") and v < 0:
+            if not f.name.endswith("_hu") and v < 0:
                 raise ConfigError(f"Argument 'classical.{f.name}' must be >= 0; got {v!r}")
         if not self.lower_min_hu <= self.lower_max_hu < self.upper_hu:
             raise ConfigError("Arguments 'classical.lower_min_hu' <= 'lower_max_hu' < "
                               f"'upper_hu' must hold; got {self.lower_min_hu}, "
                               f"{self.lower_max_hu}, {self.upper_hu}")
+        if self.fat_lo_hu > self.fat_hi_hu:
+            raise ConfigError("Argument 'classical.fat_lo_hu' must be <= 'fat_hi_hu' (equal "
+                              f"turns the fat rule off); got {self.fat_lo_hu} > "
+                              f"{self.fat_hi_hu}")
         if self.max_area_ratio <= 1:
             raise ConfigError("Argument 'classical.max_area_ratio' must be > 1; got "
                               f"{self.max_area_ratio!r}")
@@ -169,6 +180,20 @@ class ClassicalSegmenter:
         out: BoolArray = inplane + dz ** 2 <= 1.0
         return out
 
+    def _fat_plane(self, img: FloatArray, lower: float,
+                   spacing_yx: tuple[float, float]) -> BoolArray:
+        """Fat (``fat_lo_hu .. fat_hi_hu``) more than ``fat_lung_mm`` (in-plane) from
+        aerated lung (``< lower``): what separates a tumour from the organs it touches.
+        Nearer the lung the same HU are the tumour's partial-volume rim."""
+        p = self.params
+        fat = (img >= p.fat_lo_hu) & (img < p.fat_hi_hu)
+        aerated = img < lower
+        for z in np.nonzero(fat.any(axis=(1, 2)))[0]:
+            if aerated[z].any():
+                near = ndi.distance_transform_edt(~aerated[z], sampling=spacing_yx)
+                fat[z] &= near > p.fat_lung_mm
+        return fat
+
     # ------------------------------------------------------------------ one lesion
     def _segment_one(self, volume: Volume, box: Box3D) -> tuple[BoolArray, tuple[int, int, int]]:
         p = self.params
@@ -191,6 +216,8 @@ class ClassicalSegmenter:
         vals = img[k][inbox]
         lower = float(np.clip(_otsu(vals), p.lower_min_hu, p.lower_max_hu))
         band = (img >= lower) & (img <= p.upper_hu)
+        if p.fat_hi_hu > p.fat_lo_hu:
+            band &= ~self._fat_plane(img, lower, (sy, sx))
         side_mm = min(by * sy, bx * sx)
         r_open = float(np.clip(p.open_frac * side_mm, p.open_min_mm, p.open_max_mm))
         open_se = _disk(r_open, (sy, sx))
