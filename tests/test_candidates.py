@@ -62,6 +62,8 @@ def test_bad_option_names_the_argument() -> None:
         CandidatesParams(mass_score=1.5)
     with pytest.raises(ConfigError, match=r"large_mass_min_solidity' must be <= 1; got 1\.2"):
         CandidatesParams(large_mass_min_solidity=1.2)
+    with pytest.raises(ConfigError, match=r"small_mass_min_contact' must be <= 1; got 1\.5"):
+        CandidatesParams(small_mass_min_contact=1.5)
 
 
 def test_finds_tumour_not_vessel() -> None:

@@ -340,6 +340,30 @@ def test_a_large_elongated_mass_on_the_mediastinum_is_kept_by_the_large_mass_tie
     assert kept(CandidatesDetector(CandidatesParams(large_mass_min_contact=0.9))) == []
 
 
+def test_a_small_round_nodule_on_the_mediastinum_is_kept_by_the_small_mass_tier():
+    """A nodule 18 mm across pressed on the mediastinum is under the convex-mass rule's
+    8 mm thickness and its logistic score is low (low context); round (elongation about
+    1.7), solid and mostly on the lung, the small-mass tier (v2.5) keeps it - and only
+    that tier does."""
+    from autoprompt_seg.detect.candidates import CandidatesParams
+    from autoprompt_seg.types import OperatingPoint
+
+    # 18 mm across, 22 mm along z, its centre 4 mm into the right lung from the mediastinum
+    chest, mass, truth = _chest_with_mediastinal_mass(radius=9, z_stretch=1.2, x_left=19)
+    op = OperatingPoint().min_score
+
+    def kept(det):
+        return [b for b in det.detect(chest) if b.score >= op]
+
+    (box,) = kept(CandidatesDetector())
+    assert _hits(box, mass) > 0.8 * int(mass.sum())
+    assert _hits(box, truth["heart"]) == 0
+    assert kept(CandidatesDetector(CandidatesParams(small_mass_min_thickness_mm=0))) == []
+    # the tier asks for a rounder, more solid nodule than this one
+    assert kept(CandidatesDetector(CandidatesParams(small_mass_max_elongation=1.4))) == []
+    assert kept(CandidatesDetector(CandidatesParams(small_mass_min_solidity=0.995))) == []
+
+
 def test_a_small_part_solid_nodule_is_found_by_its_ground_glass_blob():
     """A part-solid nodule whose solid part (3.5 mm radius) is under the thickness floor
     has no solid candidate; its ground-glass blob (10 mm radius) is the candidate, and

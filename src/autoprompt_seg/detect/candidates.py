@@ -1,4 +1,4 @@
-"""Training-free lung tumour detector (v2.4): lung fields, soft-tissue candidates, anatomy
+"""Training-free lung tumour detector (v2.5): lung fields, soft-tissue candidates, anatomy
 context and a calibrated confidence.
 
 The pipeline works on a coarse grid (block means to about ``work_mm`` in-plane and
@@ -61,7 +61,10 @@ spacing:
    (0.65) solid with ``large_mass_min_contact`` (0.55) of its surface on lung (a big
    tumour flattened on the mediastinum is longer than a nodule; no non-tumour of the
    evaluation data was that thick, solid and on the lung: the gates were read off it,
-   see docs/benchmarks.md). Candidates scoring below
+   see docs/benchmarks.md). **Small masses** (v2.5): from ``small_mass_min_thickness_mm``
+   (6) thick when at most ``small_mass_max_elongation`` (1.7) long, at least
+   ``small_mass_min_solidity`` (0.75) solid and ``small_mass_min_contact`` (0.5) on lung
+   (a round nodule on the mediastinum). Candidates scoring below
    ``min_score`` (a floor, 0.1) are dropped; at most ``max_candidates`` are returned, so
    the pipeline's operating point (``--min-score``, default 0.4) decides which are
    segmented and which are only listed in report.json.
@@ -87,11 +90,19 @@ from ..backends import ProgressFn
 from ..config import Settings
 from ..errors import ConfigError
 from ..types import BackendInfo, Box3D, Volume
-from .morphology import ball, block_mean, closing_edt, padded, solidity, thickness_mm
+from .morphology import (
+    ball,
+    block_mean,
+    closing_edt,
+    padded,
+    solidity,
+    thickness_mm,
+    thorax_structures,
+)
 
 log = logging.getLogger(__name__)
 
-VERSION = "2.4.0"
+VERSION = "2.5.0"
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
@@ -138,6 +149,10 @@ class CandidatesParams:
     large_mass_max_elongation: float = 2.6
     large_mass_min_solidity: float = 0.65
     large_mass_min_contact: float = 0.55
+    small_mass_min_thickness_mm: float = 6.0
+    small_mass_max_elongation: float = 1.7
+    small_mass_min_solidity: float = 0.75
+    small_mass_min_contact: float = 0.5
     ggo_candidates: float = 1
     ggo_min_thickness_mm: float = 7.0
     ggo_min_solidity: float = 0.6
@@ -155,7 +170,8 @@ class CandidatesParams:
                 raise ConfigError(f"Argument 'candidates.{name}' must be > 0; "
                                   f"got {getattr(self, name)!r}")
         for name in ("mass_min_solidity", "mass_min_contact", "mass_score", "min_score",
-                     "large_mass_min_solidity", "large_mass_min_contact"):
+                     "large_mass_min_solidity", "large_mass_min_contact",
+                     "small_mass_min_solidity", "small_mass_min_contact"):
             if getattr(self, name) > 1:
                 raise ConfigError(f"Argument 'candidates.{name}' must be <= 1; "
                                   f"got {getattr(self, name)!r}")
@@ -307,7 +323,7 @@ class CandidatesDetector:
         lung &= ~ndi.binary_dilation(self.airways(img, lung, spacing))
         field = self.lung_fields(lung, spacing)
         smooth = ndi.uniform_filter(img, size=3)
-        plab, psize, pfield = self.structures(smooth, lung, field, img)
+        plab, psize, pfield = thorax_structures(smooth, lung, field, img)
         soft = (smooth >= p.soft_lo_hu) & (smooth <= p.soft_hi_hu) & field & ~lung
         # ground glass around a core: the sub-solid part of a part-solid lesion
         ggo = (smooth >= p.ggo_lo_hu) & (smooth < p.soft_lo_hu) & field
@@ -455,13 +471,14 @@ class CandidatesDetector:
         # a thick, round, convex mass on the lung: a tumour even where it touches the
         # mediastinum or chest wall (low context), unlike a hilar vessel confluence
         # (it branches: low solidity) or a vessel or organ rim (elongated or thin); a
-        # large one (v2.4) may be longer if it is more solid and more on the lung
-        if ((thick >= p.mass_min_thickness_mm and elong <= p.mass_max_elongation
-                and sol >= p.mass_min_solidity and contact >= p.mass_min_contact)
-                or (0 < p.large_mass_min_thickness_mm <= thick
-                    and elong <= p.large_mass_max_elongation
-                    and sol >= p.large_mass_min_solidity
-                    and contact >= p.large_mass_min_contact)):
+        # large one (v2.4) may be longer if it is more solid and more on the lung, a small
+        # one (v2.5) must be rounder, more solid and more on the lung
+        tiers = [("mass_", 1.0)] + [(t, getattr(p, t + "min_thickness_mm"))
+                                    for t in ("large_mass_", "small_mass_")]
+        if any(v > 0 and getattr(p, t + "min_thickness_mm") <= thick
+               and elong <= getattr(p, t + "max_elongation")
+               and sol >= getattr(p, t + "min_solidity")
+               and contact >= getattr(p, t + "min_contact") for t, v in tiers):
             score = max(score, p.mass_score)
         log.debug("candidate %d: %.2f ml, thickness %.1f mm, elongation %.2f, lung contact "
                   "%.2f, solidity %.2f, score %.2f", label, vol_ml, thick, elong, contact,
@@ -471,25 +488,6 @@ class CandidatesDetector:
                      for s0, a in zip(sl, nzc, strict=False))
         return Candidate(label, vol_ml, thick, elong, contact, score,
                          bbox, ctx, s_ml, s_in, solidity=sol)  # type: ignore[arg-type]
-
-    def structures(self, smooth: FloatArray, lung: BoolArray, field: BoolArray,
-                   img: FloatArray | None = None
-                   ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64],
-                              npt.NDArray[np.float64]]:
-        """Dense tissue (fat excluded) inside the thorax's inner region, as 3-D structures."""
-        from skimage.morphology import convex_hull_image
-
-        body = smooth > -500
-        inner = np.zeros_like(field)
-        both = field | lung
-        for z in np.nonzero(both.any(axis=(1, 2)))[0]:
-            inner[z] = convex_hull_image(both[z])
-        raw = smooth if img is None else img
-        dense = (raw > -60) & (raw < 300) & inner & body
-        plab, n = ndi.label(dense)
-        psize = np.bincount(plab.ravel(), minlength=n + 1).astype(np.float64)
-        pfield = np.bincount(plab.ravel(), weights=field.ravel(), minlength=n + 1).astype(np.float64)
-        return plab.astype(np.int32), psize, pfield
 
     def _context(self, comp: BoolArray, sl: tuple[slice, ...], plab: npt.NDArray[np.int32],
                  psize: npt.NDArray[np.float64], pfield: npt.NDArray[np.float64],

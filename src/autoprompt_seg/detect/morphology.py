@@ -1,6 +1,7 @@
 """Morphology on a voxel grid with physical spacing (mm), shared by the ``candidates``
 detector and the lesion transplanter: balls, block-mean downsampling, closing by distance
-transforms, 3-D solidity, and a component's padded box and thickness."""
+transforms, 3-D solidity, a component's padded box and thickness, and the dense structures of
+the thorax's inner region."""
 
 from __future__ import annotations
 
@@ -71,3 +72,25 @@ def thickness_mm(edt: npt.NDArray[np.float64], spacing: tuple[float, float, floa
     """Largest inscribed-ball radius from a distance map: the EDT counts to the nearest
     background voxel centre, so half a voxel is added."""
     return float(edt.max()) + 0.5 * float(np.mean(spacing))
+
+
+def thorax_structures(smooth: FloatArray, lung: BoolArray, field: BoolArray,
+                      img: FloatArray | None = None
+                      ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64],
+                                 npt.NDArray[np.float64]]:
+    """Dense tissue (fat excluded: -60..300 HU on ``img``, else ``smooth``) inside the
+    thorax's inner region (per slice, the convex hull of the lungs and their fields), as
+    3-D structures: (labels, voxels per label, voxels per label inside ``field``)."""
+    from skimage.morphology import convex_hull_image
+
+    body = smooth > -500
+    inner = np.zeros_like(field)
+    both = field | lung
+    for z in np.nonzero(both.any(axis=(1, 2)))[0]:
+        inner[z] = convex_hull_image(both[z])
+    raw = smooth if img is None else img
+    dense = (raw > -60) & (raw < 300) & inner & body
+    plab, n = ndi.label(dense)
+    psize = np.bincount(plab.ravel(), minlength=n + 1).astype(np.float64)
+    pfield = np.bincount(plab.ravel(), weights=field.ravel(), minlength=n + 1).astype(np.float64)
+    return plab.astype(np.int32), psize, pfield
