@@ -295,6 +295,16 @@ def _chest_with_mediastinal_mass(radius, z_stretch, x_left):
     return chest, mass, truth
 
 
+def _kept(chest, **params):
+    """The boxes a detector with ``params`` keeps at the default operating point."""
+    from autoprompt_seg.detect.candidates import CandidatesParams
+    from autoprompt_seg.types import OperatingPoint
+
+    op = OperatingPoint().min_score
+    return [b for b in CandidatesDetector(CandidatesParams(**params)).detect(chest)
+            if b.score >= op]
+
+
 def test_a_round_mass_pressed_on_the_mediastinum_is_kept_by_the_convex_mass_rule():
     """A tumour pressed on the mediastinum touches a large structure (low context), so
     the logistic score alone puts it below the operating point; its shape (thick, round,
@@ -321,23 +331,15 @@ def test_a_large_elongated_mass_on_the_mediastinum_is_kept_by_the_large_mass_tie
     """A big tumour beside the mediastinum is longer along z (elongation about 2.3) than
     the convex-mass rule allows (2.1); at 15 mm thick, 0.9 solid and mostly on the lung,
     the large-mass tier (v2.4) keeps it - and only that tier does."""
-    from autoprompt_seg.detect.candidates import CandidatesParams
-    from autoprompt_seg.types import OperatingPoint
-
     # 32 mm across, 70 mm along z, its medial edge on the mediastinum
     chest, mass, truth = _chest_with_mediastinal_mass(radius=16, z_stretch=2.2, x_left=30)
-    op = OperatingPoint().min_score
-
-    def kept(det):
-        return [b for b in det.detect(chest) if b.score >= op]
-
-    (box,) = kept(CandidatesDetector())
+    (box,) = _kept(chest)
     assert _hits(box, mass) > 0.9 * int(mass.sum())
     assert _hits(box, truth["heart"]) < 0.05 * int(truth["heart"].sum())
-    assert kept(CandidatesDetector(CandidatesParams(large_mass_min_thickness_mm=0))) == []
+    assert _kept(chest, large_mass_min_thickness_mm=0) == []
     # the tier asks for more solidity and more lung contact than the mass has
-    assert kept(CandidatesDetector(CandidatesParams(large_mass_min_solidity=0.99))) == []
-    assert kept(CandidatesDetector(CandidatesParams(large_mass_min_contact=0.9))) == []
+    assert _kept(chest, large_mass_min_solidity=0.99) == []
+    assert _kept(chest, large_mass_min_contact=0.9) == []
 
 
 def test_a_small_round_nodule_on_the_mediastinum_is_kept_by_the_small_mass_tier():
@@ -345,23 +347,15 @@ def test_a_small_round_nodule_on_the_mediastinum_is_kept_by_the_small_mass_tier(
     8 mm thickness and its logistic score is low (low context); round (elongation about
     1.7), solid and mostly on the lung, the small-mass tier (v2.5) keeps it - and only
     that tier does."""
-    from autoprompt_seg.detect.candidates import CandidatesParams
-    from autoprompt_seg.types import OperatingPoint
-
     # 18 mm across, 22 mm along z, its centre 4 mm into the right lung from the mediastinum
     chest, mass, truth = _chest_with_mediastinal_mass(radius=9, z_stretch=1.2, x_left=19)
-    op = OperatingPoint().min_score
-
-    def kept(det):
-        return [b for b in det.detect(chest) if b.score >= op]
-
-    (box,) = kept(CandidatesDetector())
+    (box,) = _kept(chest)
     assert _hits(box, mass) > 0.8 * int(mass.sum())
     assert _hits(box, truth["heart"]) == 0
-    assert kept(CandidatesDetector(CandidatesParams(small_mass_min_thickness_mm=0))) == []
+    assert _kept(chest, small_mass_min_thickness_mm=0) == []
     # the tier asks for a rounder, more solid nodule than this one
-    assert kept(CandidatesDetector(CandidatesParams(small_mass_max_elongation=1.4))) == []
-    assert kept(CandidatesDetector(CandidatesParams(small_mass_min_solidity=0.995))) == []
+    assert _kept(chest, small_mass_max_elongation=1.4) == []
+    assert _kept(chest, small_mass_min_solidity=0.995) == []
 
 
 def test_a_small_part_solid_nodule_is_found_by_its_ground_glass_blob():
