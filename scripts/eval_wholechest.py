@@ -146,7 +146,7 @@ def main() -> None:
     ap.add_argument("--no-transplants", action="store_true")
     ap.add_argument("--candidates-option", action="append", default=[], metavar="KEY=VALUE",
                     help="override a candidates detector parameter, e.g. remainder_depth=0 "
-                         "(the v2.0 candidates); repeatable")
+                         "(the v2.0 candidates); the same as --set candidates.KEY=VALUE")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="BACKEND.KEY=VALUE",
                     help="override any backend parameter, e.g. classical.fat_hi_hu=-150 (the "
@@ -155,24 +155,17 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from autoprompt_seg.errors import ConfigError
+    from autoprompt_seg.options import split_assignment
     from autoprompt_seg.transplant import LesionSource, generate
 
-    cand_opts = {}
-    for kv in args.candidates_option:
-        key, sep, value = kv.partition("=")
-        if not sep:
-            ap.error(f"--candidates-option must be KEY=VALUE; got {kv!r}")
-        cand_opts[key] = float(value)
-    options: dict[str, dict[str, float]] = {"candidates": cand_opts} if cand_opts else {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        backend, dot, name = key.partition(".")
-        if not (sep and dot and backend and name):
-            ap.error(f"--set must be BACKEND.KEY=VALUE; got {item!r}")
+    options: dict[str, dict[str, float]] = {}
+    for item in [f"candidates.{kv}" for kv in args.candidates_option] + args.overrides:
         try:
-            options.setdefault(backend, {})[name] = float(value)
-        except ValueError:
-            ap.error(f"--set {item}: the value must be a number")
+            backend, key, value = split_assignment(item)
+            options.setdefault(backend, {})[key] = float(value)
+        except (ConfigError, ValueError) as e:
+            ap.error(f"{item!r}: {e}")
     settings = Settings(cache_dir=default_cache_dir(), options=options)
     det = registry.get("detector", args.detector).create(settings)
     seg = registry.get("segmenter", args.segmenter).create(settings)
