@@ -261,6 +261,36 @@ def test_a_nodule_bridged_to_a_thicker_mass_keeps_its_own_candidate():
     assert found[0].thickness_mm == pytest.approx(9.0, abs=2.0)
 
 
+def test_a_nodule_behind_a_vessel_confluence_keeps_its_own_candidate():
+    """A chain, as at a hilum: a thick mass on the mediastinum (r 14 mm), a thinner
+    confluence (r 11 mm) and the nodule (r 8 mm), joined by a 4 mm-radius vessel. One
+    remainder level (v2.1-v2.5) takes the confluence as the remainder's core and loses the
+    nodule with what is left; the second level (v2.6) gives the nodule its own box."""
+    from autoprompt_seg.detect.candidates import CandidatesParams
+
+    vol, _ = thorax_phantom(seed=4, heart=False, tube=False, nodule=False)
+    z, y, x, cy, cx = _mm_grid(vol)
+
+    def ball(cx_off: float, r: float) -> np.ndarray:
+        return (z - 120) ** 2 + (y - (cy - 30)) ** 2 + (x - (cx - cx_off)) ** 2 <= r ** 2
+
+    nod, mid, big = ball(110, 8), ball(78, 11), ball(38, 14)
+    vessel = ((z - 120) ** 2 + (y - (cy - 30)) ** 2 <= 4 ** 2) & (x > cx - 110) & (x < cx - 38)
+    arr = vol.array.copy()
+    arr[(big | mid | vessel) & ~nod] = 35.0
+    arr[nod] = 30.0
+    chain = Volume(array=arr, spacing=vol.spacing, origin=vol.origin, direction=vol.direction)
+
+    def nodule_boxes(det):
+        return [b for b in det.detect(chain) if _hits(b, nod) > 0]
+
+    assert nodule_boxes(CandidatesDetector(CandidatesParams(remainder_depth=1))) == []
+    (box,) = nodule_boxes(CandidatesDetector())
+    assert _hits(box, nod) == int(nod.sum())
+    assert _hits(box, big) == 0
+    assert box.score >= 0.5
+
+
 def test_a_part_solid_nodule_gets_a_box_that_holds_its_ground_glass():
     vol, truth = thorax_phantom(seed=5, heart=False, tube=False, nodule=False)
     sp = vol.spacing

@@ -1,4 +1,4 @@
-"""Training-free lung tumour detector (v2.5): lung fields, soft-tissue candidates, anatomy
+"""Training-free lung tumour detector (v2.6): lung fields, soft-tissue candidates, anatomy
 context and a calibrated confidence.
 
 The pipeline works on a coarse grid (block means to about ``work_mm`` in-plane and
@@ -21,9 +21,11 @@ spacing:
    ``vessel_radius_mm`` that removes vessels and airway walls (thinner structures). Each
    component's thick core (an opening with a ball of 0.6 of its thickness, the part that
    holds its deepest point) is one candidate; what the core leaves of the component is
-   opened again and searched once more (``remainder_depth``, default 1). So a lesion that
-   vessels or a thin rim join to a thicker hilar or mediastinal structure still gets its
-   own candidate (v2.1; in v2.0 it was lost with the structure's remainder).
+   opened again and searched again (``remainder_depth`` levels, default 2). So a lesion
+   that vessels or a thin rim join to a thicker hilar or mediastinal structure still gets
+   its own candidate (v2.1; in v2.0 it was lost with the structure's remainder), and so
+   does one joined through a vessel confluence thicker than the lesion but thinner than
+   the mediastinum (v2.6; one level lost it with the confluence's remainder).
    **Sub-solid candidates** (v2.3, ``ggo_candidates``): a part-solid or ground-glass
    nodule whose solid part is under the thickness floor has no solid candidate, so the
    blobs of ground glass and tissue (``ggo_lo_hu .. soft_hi_hu``, opened the same way)
@@ -85,6 +87,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
+from scipy.special import expit
 
 from ..backends import ProgressFn
 from ..config import Settings
@@ -102,7 +105,7 @@ from .morphology import (
 
 log = logging.getLogger(__name__)
 
-VERSION = "2.5.0"
+VERSION = "2.6.0"
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
@@ -134,7 +137,7 @@ class CandidatesParams:
     airway_hu: float = -950.0
     airway_max_ml: float = 200.0
     max_candidates: float = 10
-    remainder_depth: float = 1
+    remainder_depth: float = 2
     ggo_lo_hu: float = -700.0
     halo_mm: float = 10.0
     halo_open_mm: float = 2.5
@@ -333,9 +336,10 @@ class CandidatesDetector:
         vox_ml = float(np.prod(spacing)) / 1000.0
         out: list[Candidate] = []
         # worklist of (mask inside its box, box, depth): a component whose thick core is
-        # taken out leaves a remainder, which is searched again (depth 1) so that a
-        # lesion joined by vessels or a thin rim to a thicker structure gets its own
-        # candidate instead of being lost with the structure's remainder
+        # taken out leaves a remainder, which is searched again (up to remainder_depth
+        # levels) so that a lesion joined by vessels or a thin rim to a thicker structure
+        # (or to a chain of them: mediastinum, hilar confluence) gets its own candidate
+        # instead of being lost with the structure's remainder
         work: list[tuple[BoolArray, tuple[slice, ...], int]] = []
         for i, sl in enumerate(ndi.find_objects(lab0), start=1):
             if sl is None:
@@ -540,7 +544,7 @@ class CandidatesDetector:
              # elongation counts less for a mass on its own in the lung (a part-solid or
              # lobulated tumour), more for one joined to a structure (a vessel, a tube)
              + _W["isolated_elongation"] * elong * min(context, in_field))
-        return float(1.0 / (1.0 + np.exp(-z)))
+        return float(expit(z))  # no overflow warning for a very negative z
 
     # ------------------------------------------------------------------ API
     def working_grid(self, volume: Volume) -> tuple[FloatArray, tuple[float, float, float],
