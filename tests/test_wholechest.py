@@ -291,6 +291,24 @@ def test_a_nodule_behind_a_vessel_confluence_keeps_its_own_candidate():
     assert box.score >= 0.5
 
 
+def test_a_candidate_brighter_than_soft_tissue_is_dropped():
+    """The median-HU gate (v2.6). At thick slices a contrast-filled vessel blurs into the
+    smoothed soft-tissue band while its own voxels stay at 300-500 HU; a phantom cannot
+    blur like that, so the gate is moved to the nodule's level instead: a 30 HU nodule is
+    kept at the default (200 HU), dropped once the gate is under its median."""
+    from autoprompt_seg.detect.candidates import CandidatesParams
+
+    vol, truth = thorax_phantom(seed=0, heart=False, tube=False)
+
+    def nodule_boxes(**params):
+        det = CandidatesDetector(CandidatesParams(**params))
+        return [b for b in det.detect(vol) if _hits(b, truth["nodule"]) > 0]
+
+    assert len(nodule_boxes()) == 1
+    assert nodule_boxes(max_median_hu=20.0) == []
+    assert len(nodule_boxes(max_median_hu=40.0)) == 1
+
+
 def test_a_part_solid_nodule_gets_a_box_that_holds_its_ground_glass():
     vol, truth = thorax_phantom(seed=5, heart=False, tube=False, nodule=False)
     sp = vol.spacing

@@ -21,25 +21,25 @@ spacing:
    ``vessel_radius_mm`` that removes vessels and airway walls (thinner structures). Each
    component's thick core (an opening with a ball of 0.6 of its thickness, the part that
    holds its deepest point) is one candidate; what the core leaves of the component is
-   opened again and searched again (``remainder_depth`` levels, default 2). So a lesion
-   that vessels or a thin rim join to a thicker hilar or mediastinal structure still gets
-   its own candidate (v2.1; in v2.0 it was lost with the structure's remainder), and so
-   does one joined through a vessel confluence thicker than the lesion but thinner than
-   the mediastinum (v2.6; one level lost it with the confluence's remainder).
-   **Sub-solid candidates** (v2.3, ``ggo_candidates``): a part-solid or ground-glass
-   nodule whose solid part is under the thickness floor has no solid candidate, so the
-   blobs of ground glass and tissue (``ggo_lo_hu .. soft_hi_hu``, opened the same way)
-   that hold no solid candidate are candidates too, when at least
-   ``ggo_min_thickness_mm`` thick and ``ggo_min_solidity`` solid.
+   opened and searched again (``remainder_depth`` levels, default 2), so a lesion that
+   vessels join to a thicker hilar or mediastinal structure, or to a chain of them (a
+   vessel confluence, v2.6), keeps its own candidate. **Sub-solid candidates** (v2.3,
+   ``ggo_candidates``): a part-solid or ground-glass nodule whose solid part is under the
+   thickness floor has no solid candidate, so the blobs of ground glass and tissue
+   (``ggo_lo_hu .. soft_hi_hu``, opened the same way) that hold no solid candidate are
+   candidates too, when ``ggo_min_thickness_mm`` thick and ``ggo_min_solidity`` solid.
 4. **Filters and features**: per 3-D component, volume (``min_volume_ml`` ..
-   ``max_volume_ml``), thickness (largest inscribed ball radius, ``min_thickness_mm``),
-   elongation (ratio of the principal axes: vessels and z-tubes are long) and the share of
-   its surface that touches aerated lung (a tumour is mostly surrounded by lung; a slice
-   of mediastinum that the closing added is not), measured on the ring one voxel beyond
-   the surface. Anatomy context: dense tissue (fat excluded, -60..300 HU on the unsmoothed
-   working grid, so thin fat planes still separate organs) inside the
-   thorax's inner region (per slice, the convex hull of both lungs: mediastinum, heart,
-   great vessels, hila and the diaphragm's dome) is labelled into 3-D structures; a
+   ``max_volume_ml``), median HU (unsmoothed working grid) at most ``max_median_hu``
+   (v2.6: brighter is a contrast-filled vessel, blurred into the smoothed soft-tissue band
+   at thick slices, or calcium), thickness (largest inscribed ball radius,
+   ``min_thickness_mm``), elongation (ratio of the principal axes: vessels and z-tubes
+   are long) and the share of its surface that touches aerated lung (a tumour is mostly
+   surrounded by lung; a slice of mediastinum that the closing added is not), measured on
+   the ring one voxel beyond the surface. Anatomy context: dense tissue (fat excluded,
+   -60..300 HU on the unsmoothed working grid, so thin fat planes still separate organs)
+   inside the thorax's inner region (per slice, the convex hull of both lungs:
+   mediastinum, heart, great vessels, hila, the diaphragm's dome) is labelled into 3-D
+   structures; a
    candidate that is only the lung-side tip of a large structure (heart, aorta, SVC,
    liver) gets a low ``context_frac`` (its share of that structure near it) and a low
    ``structure_in_field`` (the structure's share inside the lung fields).
@@ -52,24 +52,20 @@ spacing:
    a candidate at least ``mass_min_thickness_mm`` thick (inscribed-ball radius), at most
    ``mass_max_elongation`` long, with a solidity (share of its 3-D convex hull that it
    fills) of at least ``mass_min_solidity`` and at least ``mass_min_contact`` of its
-   surface on aerated lung scores at least ``mass_score``. A tumour pressed on the
-   mediastinum or chest wall has a low context, so the logistic score alone rejects
-   it; a hilar vessel confluence of the same size branches (solidity about 0.5-0.6 on
-   the development set, tumours 0.7-0.95). ``mass_score`` (0.5) is a set level, not a
-   fitted probability: the development set held two such tumours and no such
-   non-tumour. ``mass_score=0`` turns the rule off. **Large masses** (v2.4): a candidate
-   at least ``large_mass_min_thickness_mm`` (10) thick may be up to
-   ``large_mass_max_elongation`` (2.6) long when at least ``large_mass_min_solidity``
-   (0.65) solid with ``large_mass_min_contact`` (0.55) of its surface on lung (a big
-   tumour flattened on the mediastinum is longer than a nodule; no non-tumour of the
-   evaluation data was that thick, solid and on the lung: the gates were read off it,
-   see docs/benchmarks.md). **Small masses** (v2.5): from ``small_mass_min_thickness_mm``
-   (6) thick when at most ``small_mass_max_elongation`` (1.7) long, at least
-   ``small_mass_min_solidity`` (0.75) solid and ``small_mass_min_contact`` (0.5) on lung
-   (a round nodule on the mediastinum). Candidates scoring below
-   ``min_score`` (a floor, 0.1) are dropped; at most ``max_candidates`` are returned, so
-   the pipeline's operating point (``--min-score``, default 0.4) decides which are
-   segmented and which are only listed in report.json.
+   surface on aerated lung scores at least ``mass_score`` (a set level, 0.5; 0 turns the
+   rules off). A tumour pressed on the mediastinum or chest wall has a low context, so
+   the logistic score alone rejects it; a hilar vessel confluence of the same size
+   branches (solidity about 0.5-0.6 on the development set, tumours 0.7-0.95). **Large
+   masses** (v2.4) from ``large_mass_min_thickness_mm`` (10) may be up to
+   ``large_mass_max_elongation`` (2.6) long when ``large_mass_min_solidity`` (0.65) solid
+   with ``large_mass_min_contact`` (0.55) on lung (a big tumour flattened on the
+   mediastinum). **Small masses** (v2.5) from ``small_mass_min_thickness_mm`` (6) must be
+   at most ``small_mass_max_elongation`` (1.7) long, ``small_mass_min_solidity`` (0.75)
+   solid and ``small_mass_min_contact`` (0.5) on lung (a round nodule on the
+   mediastinum). The tiers' gates were read off the evaluation data (docs/benchmarks.md).
+   Candidates scoring below ``min_score`` (a floor, 0.1) are dropped; at most
+   ``max_candidates`` are returned, so the pipeline's operating point (``--min-score``,
+   default 0.4) decides which are segmented and which are only listed in report.json.
 6. **Boxes**: one :class:`Box3D` per component, mapped back to the original grid, with
    the key slice at the component's largest cross-section. A part-solid lesion's core is
    only its solid part, so the box also holds the core's ground-glass halo (voxels of
@@ -159,6 +155,7 @@ class CandidatesParams:
     ggo_candidates: float = 1
     ggo_min_thickness_mm: float = 7.0
     ggo_min_solidity: float = 0.6
+    max_median_hu: float = 200.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -364,16 +361,18 @@ class CandidatesDetector:
                     work.append((rlab == j, sl, depth + 1))
             cand = self._candidate(core, sl, edt, lung, plab, psize, pfield, spacing,
                                    len(out) + 1)
+            if cand is not None and np.median(img[sl][core]) > p.max_median_hu:
+                cand = None  # brighter than soft tissue: a contrast-filled vessel, calcium
             if cand is not None:
                 lab[sl][core] = cand.label
                 out.append(replace(cand, extent=self._extent(core, sl, ggo, spacing)))
         if p.ggo_candidates:
-            out += self._subsolid(smooth, field, lung, lab, plab, psize, pfield, spacing,
-                                  len(out))
+            out += self._subsolid((img, smooth), field, lung, lab, plab, psize, pfield,
+                                  spacing, len(out))
         return lab, out
 
-    def _subsolid(self, smooth: FloatArray, field: BoolArray, lung: BoolArray,
-                  lab: npt.NDArray[np.int32], plab: npt.NDArray[np.int32],
+    def _subsolid(self, imgs: tuple[FloatArray, FloatArray], field: BoolArray,
+                  lung: BoolArray, lab: npt.NDArray[np.int32], plab: npt.NDArray[np.int32],
                   psize: npt.NDArray[np.float64], pfield: npt.NDArray[np.float64],
                   spacing: tuple[float, float, float], n_before: int) -> list[Candidate]:
         """Sub-solid candidates (v2.3): blobs of ground glass and tissue
@@ -382,8 +381,9 @@ class CandidatesDetector:
         under the thickness floor has no solid candidate; its whole blob is thick enough.
         Kept when at least ``ggo_min_thickness_mm`` thick and ``ggo_min_solidity`` solid
         (partial-volume blobs at vessel forks are thinner; the hilum's ground-glass
-        envelope branches). ``lab`` gets the new labels."""
-        p = self.params
+        envelope branches) and not brighter than ``max_median_hu`` (``imgs``: the working
+        grid and its smoothed copy). ``lab`` gets the new labels."""
+        p, smooth = self.params, imgs[1]
         g = (smooth >= p.ggo_lo_hu) & (smooth <= p.soft_hi_hu) & field
         g = ndi.binary_opening(g, structure=ball(p.vessel_radius_mm, spacing))
         glab, _ = ndi.label(g)
@@ -404,7 +404,8 @@ class CandidatesDetector:
             # the ring around a ground-glass blob is aerated lung outside the blob
             cand = self._candidate(comp, sl, edt, lung & ~g, plab, psize, pfield, spacing,
                                    n_before + len(out) + 1)
-            if cand is None or cand.solidity < p.ggo_min_solidity:
+            if (cand is None or cand.solidity < p.ggo_min_solidity
+                    or float(np.median(imgs[0][sl][comp])) > p.max_median_hu):
                 continue
             lab[sl][comp] = cand.label
             out.append(replace(cand, extent=cand.bbox))
@@ -474,9 +475,7 @@ class CandidatesDetector:
         score = self._score(thick, elong, contact, ctx, s_in)
         # a thick, round, convex mass on the lung: a tumour even where it touches the
         # mediastinum or chest wall (low context), unlike a hilar vessel confluence
-        # (it branches: low solidity) or a vessel or organ rim (elongated or thin); a
-        # large one (v2.4) may be longer if it is more solid and more on the lung, a small
-        # one (v2.5) must be rounder, more solid and more on the lung
+        # (low solidity) or a vessel or organ rim; the tiers: see the module docstring
         tiers = [("mass_", 1.0)] + [(t, getattr(p, t + "min_thickness_mm"))
                                     for t in ("large_mass_", "small_mass_")]
         if any(v > 0 and getattr(p, t + "min_thickness_mm") <= thick
