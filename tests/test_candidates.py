@@ -64,6 +64,8 @@ def test_bad_option_names_the_argument() -> None:
         CandidatesParams(large_mass_min_solidity=1.2)
     with pytest.raises(ConfigError, match=r"small_mass_min_contact' must be <= 1; got 1\.5"):
         CandidatesParams(small_mass_min_contact=1.5)
+    with pytest.raises(ConfigError, match=r"deep_min_score' must be <= 1; got 2\.0"):
+        CandidatesParams(deep_min_score=2.0)
 
 
 def test_finds_tumour_not_vessel() -> None:

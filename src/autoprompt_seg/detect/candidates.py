@@ -23,7 +23,8 @@ spacing:
    holds its deepest point) is one candidate; what the core leaves of the component is
    opened and searched again (``remainder_depth`` levels, default 2), so a lesion that
    vessels join to a thicker hilar or mediastinal structure, or to a chain of them (a
-   vessel confluence, v2.6), keeps its own candidate. **Sub-solid candidates** (v2.3,
+   vessel confluence, v2.6), keeps its own candidate; a piece from the second level on
+   must score at least ``deep_min_score`` (most of them are vessel fragments). **Sub-solid candidates** (v2.3,
    ``ggo_candidates``): a part-solid or ground-glass nodule whose solid part is under the
    thickness floor has no solid candidate, so the blobs of ground glass and tissue
    (``ggo_lo_hu .. soft_hi_hu``, opened the same way) that hold no solid candidate are
@@ -90,6 +91,7 @@ from ..config import Settings
 from ..errors import ConfigError
 from ..types import BackendInfo, Box3D, Volume
 from .morphology import (
+    airways,
     ball,
     block_mean,
     closing_edt,
@@ -134,6 +136,7 @@ class CandidatesParams:
     airway_max_ml: float = 200.0
     max_candidates: float = 10
     remainder_depth: float = 2
+    deep_min_score: float = 0.6
     ggo_lo_hu: float = -700.0
     halo_mm: float = 10.0
     halo_open_mm: float = 2.5
@@ -170,7 +173,7 @@ class CandidatesParams:
                 raise ConfigError(f"Argument 'candidates.{name}' must be > 0; "
                                   f"got {getattr(self, name)!r}")
         for name in ("mass_min_solidity", "mass_min_contact", "mass_score", "min_score",
-                     "large_mass_min_solidity", "large_mass_min_contact",
+                     "deep_min_score", "large_mass_min_solidity", "large_mass_min_contact",
                      "small_mass_min_solidity", "small_mass_min_contact"):
             if getattr(self, name) > 1:
                 raise ConfigError(f"Argument 'candidates.{name}' must be <= 1; "
@@ -242,44 +245,9 @@ class CandidatesDetector:
 
     def airways(self, img: FloatArray, lung: BoolArray, spacing: tuple[float, float, float]
                 ) -> BoolArray:
-        """Airway lumen (trachea, main and lobar bronchi), grown from the trachea.
-
-        Seed: the largest near-pure-air (``< airway_hu``) component near the lungs' middle
-        (left-right) that runs at least 20 mm along z. Growing: the threshold rises in
-        10 HU steps from ``airway_hu``; a step whose volume more than doubles (a leak into
-        parenchyma) or passes ``airway_max_ml`` is undone. Empty when no trachea is seen
-        (a crop around a tumour, say)."""
-        p = self.params
-        out = np.zeros_like(lung)
-        if not lung.any():
-            return out
-        vox_ml = float(np.prod(spacing)) / 1000.0
-        xs = np.nonzero(lung.any(axis=(0, 1)))[0]
-        xc, w = (xs[0] + xs[-1]) / 2.0, float(xs[-1] - xs[0])
-        lab, n = ndi.label((img < p.airway_hu) & lung)
-        best, best_n = 0, 0
-        for i, sl in enumerate(ndi.find_objects(lab), start=1):
-            if sl is None or abs((sl[2].start + sl[2].stop) / 2.0 - xc) > 0.2 * w:
-                continue
-            if (sl[0].stop - sl[0].start) * spacing[0] < 20.0:
-                continue
-            k = int((lab[sl] == i).sum())
-            if k * vox_ml >= 2.0 and k > best_n:
-                best, best_n = i, k
-        if best == 0:
-            return out
-        seed = lab == best
-        grown, vol = seed, best_n * vox_ml
-        for t in np.arange(p.airway_hu, p.airway_hu + 150.0, 10.0):
-            lab2, _ = ndi.label((img < t) & lung)
-            ids = np.unique(lab2[seed])
-            nxt = np.isin(lab2, ids[ids > 0])
-            v = float(nxt.sum()) * vox_ml
-            if v > 2.0 * vol + 5.0 or v > p.airway_max_ml:
-                break
-            grown, vol = nxt, v
-        log.debug("airways: %.1f ml", vol)
-        return grown
+        """Airway lumen grown from the trachea (:func:`.morphology.airways` with
+        ``airway_hu`` and ``airway_max_ml``); empty when no trachea is seen."""
+        return airways(img, lung, spacing, self.params.airway_hu, self.params.airway_max_ml)
 
     def lung_fields(self, lung: BoolArray, spacing: tuple[float, float, float]) -> BoolArray:
         """Each lung (left/right split) closed with a ball of ``field_radius_mm``."""
@@ -363,6 +331,8 @@ class CandidatesDetector:
                                    len(out) + 1)
             if cand is not None and np.median(img[sl][core]) > p.max_median_hu:
                 cand = None  # brighter than soft tissue: a contrast-filled vessel, calcium
+            if cand is not None and depth >= 2 and cand.score < p.deep_min_score:
+                cand = None  # a piece cut twice from a structure needs more evidence
             if cand is not None:
                 lab[sl][core] = cand.label
                 out.append(replace(cand, extent=self._extent(core, sl, ggo, spacing)))

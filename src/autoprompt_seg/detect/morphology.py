@@ -1,13 +1,17 @@
 """Morphology on a voxel grid with physical spacing (mm), shared by the ``candidates``
 detector and the lesion transplanter: balls, block-mean downsampling, closing by distance
-transforms, 3-D solidity, a component's padded box and thickness, and the dense structures of
-the thorax's inner region."""
+transforms, 3-D solidity, a component's padded box and thickness, the dense structures of
+the thorax's inner region and the airway lumen."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
+
+log = logging.getLogger(__name__)
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
@@ -94,3 +98,44 @@ def thorax_structures(smooth: FloatArray, lung: BoolArray, field: BoolArray,
     psize = np.bincount(plab.ravel(), minlength=n + 1).astype(np.float64)
     pfield = np.bincount(plab.ravel(), weights=field.ravel(), minlength=n + 1).astype(np.float64)
     return plab.astype(np.int32), psize, pfield
+
+
+def airways(img: FloatArray, lung: BoolArray, spacing: tuple[float, float, float],
+            airway_hu: float, airway_max_ml: float) -> BoolArray:
+    """Airway lumen (trachea, main and lobar bronchi), grown from the trachea.
+
+    Seed: the largest near-pure-air (``< airway_hu``) component near the lungs' middle
+    (left-right) that runs at least 20 mm along z. Growing: the threshold rises in
+    10 HU steps from ``airway_hu``; a step whose volume more than doubles (a leak into
+    parenchyma) or passes ``airway_max_ml`` is undone. Empty when no trachea is seen
+    (a crop around a tumour, say)."""
+    out = np.zeros_like(lung)
+    if not lung.any():
+        return out
+    vox_ml = float(np.prod(spacing)) / 1000.0
+    xs = np.nonzero(lung.any(axis=(0, 1)))[0]
+    xc, w = (xs[0] + xs[-1]) / 2.0, float(xs[-1] - xs[0])
+    lab, n = ndi.label((img < airway_hu) & lung)
+    best, best_n = 0, 0
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None or abs((sl[2].start + sl[2].stop) / 2.0 - xc) > 0.2 * w:
+            continue
+        if (sl[0].stop - sl[0].start) * spacing[0] < 20.0:
+            continue
+        k = int((lab[sl] == i).sum())
+        if k * vox_ml >= 2.0 and k > best_n:
+            best, best_n = i, k
+    if best == 0:
+        return out
+    seed = lab == best
+    grown, vol = seed, best_n * vox_ml
+    for t in np.arange(airway_hu, airway_hu + 150.0, 10.0):
+        lab2, _ = ndi.label((img < t) & lung)
+        ids = np.unique(lab2[seed])
+        nxt = np.isin(lab2, ids[ids > 0])
+        v = float(nxt.sum()) * vox_ml
+        if v > 2.0 * vol + 5.0 or v > airway_max_ml:
+            break
+        grown, vol = nxt, v
+    log.debug("airways: %.1f ml", vol)
+    return grown
