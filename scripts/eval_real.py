@@ -3,7 +3,9 @@
 
 Two modes:
 
-* ``auto``: boxes from the detector (default ``candidates``);
+* ``auto``: boxes from the detector (default ``candidates``), through the product's
+  operating point (``--min-score``, ``--max-lesions``; the defaults of ``autoseg
+  predict``), so the Dice is that of the SEG a user would get;
 * ``oracle``: one box from the ground truth (its bounding box, key slice = the largest
   GT slice), as a person would draw it.
 
@@ -31,9 +33,11 @@ import numpy.typing as npt
 from autoprompt_seg import registry
 from autoprompt_seg.config import Settings, default_cache_dir
 from autoprompt_seg.data import GTV_ROI, PYCERR_PATIENTS, fetch_pycerr
+from autoprompt_seg.errors import ConfigError
 from autoprompt_seg.io.dicom import load_study
 from autoprompt_seg.io.rtstruct import find_rtstruct, load_roi_mask
-from autoprompt_seg.types import Box3D, LesionMask, Volume
+from autoprompt_seg.options import split_assignment
+from autoprompt_seg.types import Box3D, LesionMask, OperatingPoint, Volume
 
 
 def oracle_boxes(mask: npt.NDArray[np.bool_], volume: Volume) -> list[Box3D]:
@@ -110,20 +114,27 @@ def main() -> None:
                     metavar="BACKEND.KEY=VALUE",
                     help="override a backend parameter, e.g. candidates.min_score=0.7 "
                          "(repeatable; for sensitivity checks)")
+    ap.add_argument("--min-score", type=float, default=OperatingPoint().min_score,
+                    help="operating point of the auto mode: boxes scoring at least this are "
+                         "segmented (default: autoseg predict's, %(default)s); 0 segments "
+                         "every box the detector returns")
+    ap.add_argument("--max-lesions", type=int, default=OperatingPoint().max_lesions,
+                    help="at most this many boxes are segmented (default %(default)s)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     options: dict[str, dict[str, float]] = {}
     for item in args.overrides:
-        key, sep, value = item.partition("=")
-        backend, dot, name = key.partition(".")
-        if not sep or not dot or not backend or not name:
-            ap.error(f"--set: expected BACKEND.KEY=VALUE; got {item!r}")
         try:
+            backend, name, value = split_assignment(item)
             options.setdefault(backend, {})[name] = float(value)
-        except ValueError:
-            ap.error(f"--set {item}: the value must be a number")
+        except (ConfigError, ValueError) as e:
+            ap.error(f"--set {item!r}: {e}")
+    try:
+        op = OperatingPoint(min_score=args.min_score, max_lesions=args.max_lesions)
+    except ValueError as e:
+        ap.error(str(e))
     settings = Settings(cache_dir=args.cache or default_cache_dir(), options=options)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
@@ -144,7 +155,7 @@ def main() -> None:
             t0 = time.perf_counter()
             if mode == "auto":
                 assert detector is not None
-                boxes = detector.detect(volume)
+                boxes, _ = op.split(detector.detect(volume))
             else:
                 boxes = oracle_boxes(gt, volume)
             t1 = time.perf_counter()
@@ -155,7 +166,8 @@ def main() -> None:
             rows.append(Row(pat, mode, dice(pred, gt), hit, fps, len(boxes), t1 - t0, t2 - t1,
                             float(gt.sum()) * volume.voxel_volume_ml,
                             float(pred.sum()) * volume.voxel_volume_ml))
-    print(f"detector={args.detector} segmenter={args.segmenter}")
+    print(f"detector={args.detector} segmenter={args.segmenter} min_score={op.min_score} "
+          f"max_lesions={op.max_lesions} (auto mode)")
     hdr = (f"{'study':6} {'mode':6} {'dice':>6} {'detected':>8} {'FPs':>4} {'boxes':>5} "
            f"{'GT ml':>7} {'pred ml':>7} {'det s':>6} {'seg s':>6}")
     print(hdr)
@@ -184,7 +196,7 @@ def main() -> None:
 
             vol = load_image(p)
         t0 = time.perf_counter()
-        boxes = detector.detect(vol)
+        boxes, _ = op.split(detector.detect(vol))
         t1 = time.perf_counter()
         lesions = [les for les in segmenter.segment(vol, boxes) if not les.is_empty]
         t2 = time.perf_counter()

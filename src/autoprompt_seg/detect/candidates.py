@@ -330,9 +330,15 @@ class CandidatesDetector:
             cand = self._candidate(core, sl, edt, lung, plab, psize, pfield, spacing,
                                    len(out) + 1)
             if cand is not None and np.median(img[sl][core]) > p.max_median_hu:
-                cand = None  # brighter than soft tissue: a contrast-filled vessel, calcium
+                # brighter than soft tissue: a contrast-filled vessel, calcium
+                log.debug("candidate %d: median above %.0f HU; dropped", cand.label,
+                          p.max_median_hu)
+                cand = None
             if cand is not None and depth >= 2 and cand.score < p.deep_min_score:
-                cand = None  # a piece cut twice from a structure needs more evidence
+                # a piece cut twice from a structure needs more evidence
+                log.debug("candidate %d: second-level piece under %.2f; dropped", cand.label,
+                          p.deep_min_score)
+                cand = None
             if cand is not None:
                 lab[sl][core] = cand.label
                 out.append(replace(cand, extent=self._extent(core, sl, ggo, spacing)))
