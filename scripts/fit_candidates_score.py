@@ -11,9 +11,9 @@ printed as a held-out check. scikit-learn ``LogisticRegression(C=3, balanced)``.
 
 The weights in the code were fitted on the candidates of detector v2.0.0, which had no
 remainder search: ``--remainder-depth 0`` reproduces them exactly. On v2.1's candidates
-(the default, depth 1) the refit differs; it was not adopted, because at the default
-operating point it adds a false positive on pycerr pat_4 and finds nothing more (see
-docs/benchmarks.md).
+(depth 1) the refit differs; it was not adopted, because at the default operating point it
+adds a false positive on pycerr pat_4 and finds nothing more (see docs/benchmarks.md).
+The default depth is the detector's (2 since v2.6).
 
 Example::
 
@@ -66,7 +66,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
     ap.add_argument("--per-pair", type=int, default=4)
-    ap.add_argument("--remainder-depth", type=int, default=1,
+    ap.add_argument("--remainder-depth", type=int,
+                    default=int(CandidatesParams().remainder_depth),
                     help="0 = the candidates of v2.0.0, on which the weights in the code "
                          "were fitted")
     args = ap.parse_args()
