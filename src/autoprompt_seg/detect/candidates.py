@@ -24,11 +24,12 @@ spacing:
    opened and searched again (``remainder_depth`` levels, default 2), so a lesion that
    vessels join to a thicker hilar or mediastinal structure, or to a chain of them (a
    vessel confluence, v2.6), keeps its own candidate; a piece from the second level on
-   must score at least ``deep_min_score`` (most of them are vessel fragments). **Sub-solid candidates** (v2.3,
-   ``ggo_candidates``): a part-solid or ground-glass nodule whose solid part is under the
-   thickness floor has no solid candidate, so the blobs of ground glass and tissue
-   (``ggo_lo_hu .. soft_hi_hu``, opened the same way) that hold no solid candidate are
-   candidates too, when ``ggo_min_thickness_mm`` thick and ``ggo_min_solidity`` solid.
+   must score at least ``deep_min_score`` (most of them are vessel fragments).
+   **Sub-solid candidates** (v2.3, ``ggo_candidates``): a part-solid or ground-glass
+   nodule whose solid part is under the thickness floor has no solid candidate, so the
+   blobs of ground glass and tissue (``ggo_lo_hu .. soft_hi_hu``, opened the same way)
+   that hold no solid candidate are candidates too, when ``ggo_min_thickness_mm`` thick
+   and ``ggo_min_solidity`` solid.
 4. **Filters and features**: per 3-D component, volume (``min_volume_ml`` ..
    ``max_volume_ml``), median HU (unsmoothed working grid) at most ``max_median_hu``
    (v2.6: brighter is a contrast-filled vessel, blurred into the smoothed soft-tissue band
@@ -40,10 +41,9 @@ spacing:
    -60..300 HU on the unsmoothed working grid, so thin fat planes still separate organs)
    inside the thorax's inner region (per slice, the convex hull of both lungs:
    mediastinum, heart, great vessels, hila, the diaphragm's dome) is labelled into 3-D
-   structures; a
-   candidate that is only the lung-side tip of a large structure (heart, aorta, SVC,
-   liver) gets a low ``context_frac`` (its share of that structure near it) and a low
-   ``structure_in_field`` (the structure's share inside the lung fields).
+   structures; a candidate that is only the lung-side tip of a large structure (heart,
+   aorta, SVC, liver) gets a low ``context_frac`` (its share of that structure near it)
+   and a low ``structure_in_field`` (the structure's share inside the lung fields).
 5. **Calibrated confidence**: a logistic model over lung contact, elongation, log
    thickness, ``context_frac``, ``structure_in_field`` and the elongation of a mass that
    stands on its own (elongation counts less there: part-solid and lobulated tumours are
@@ -329,10 +329,7 @@ class CandidatesDetector:
                     work.append((rlab == j, sl, depth + 1))
             cand = self._candidate(core, sl, edt, lung, plab, psize, pfield, spacing,
                                    len(out) + 1)
-            if cand is not None and np.median(img[sl][core]) > p.max_median_hu:
-                # brighter than soft tissue: a contrast-filled vessel, calcium
-                log.debug("candidate %d: median above %.0f HU; dropped", cand.label,
-                          p.max_median_hu)
+            if cand is not None and self._too_bright(img[sl], core, cand.label):
                 cand = None
             if cand is not None and depth >= 2 and cand.score < p.deep_min_score:
                 # a piece cut twice from a structure needs more evidence
@@ -343,11 +340,20 @@ class CandidatesDetector:
                 lab[sl][core] = cand.label
                 out.append(replace(cand, extent=self._extent(core, sl, ggo, spacing)))
         if p.ggo_candidates:
-            out += self._subsolid((img, smooth), field, lung, lab, plab, psize, pfield,
+            out += self._subsolid(img, smooth, field, lung, lab, plab, psize, pfield,
                                   spacing, len(out))
         return lab, out
 
-    def _subsolid(self, imgs: tuple[FloatArray, FloatArray], field: BoolArray,
+    def _too_bright(self, img: FloatArray, mask: BoolArray, label: int) -> bool:
+        """Whether the median HU of ``img[mask]`` (unsmoothed working grid) is above
+        ``max_median_hu``: a contrast-filled vessel or calcium, not a tumour (v2.6)."""
+        if float(np.median(img[mask])) <= self.params.max_median_hu:
+            return False
+        log.debug("candidate %d: median above %.0f HU; dropped", label,
+                  self.params.max_median_hu)
+        return True
+
+    def _subsolid(self, img: FloatArray, smooth: FloatArray, field: BoolArray,
                   lung: BoolArray, lab: npt.NDArray[np.int32], plab: npt.NDArray[np.int32],
                   psize: npt.NDArray[np.float64], pfield: npt.NDArray[np.float64],
                   spacing: tuple[float, float, float], n_before: int) -> list[Candidate]:
@@ -357,9 +363,9 @@ class CandidatesDetector:
         under the thickness floor has no solid candidate; its whole blob is thick enough.
         Kept when at least ``ggo_min_thickness_mm`` thick and ``ggo_min_solidity`` solid
         (partial-volume blobs at vessel forks are thinner; the hilum's ground-glass
-        envelope branches) and not brighter than ``max_median_hu`` (``imgs``: the working
-        grid and its smoothed copy). ``lab`` gets the new labels."""
-        p, smooth = self.params, imgs[1]
+        envelope branches) and not brighter than ``max_median_hu`` on ``img`` (``smooth``
+        is its smoothed copy). ``lab`` gets the new labels."""
+        p = self.params
         g = (smooth >= p.ggo_lo_hu) & (smooth <= p.soft_hi_hu) & field
         g = ndi.binary_opening(g, structure=ball(p.vessel_radius_mm, spacing))
         glab, _ = ndi.label(g)
@@ -381,7 +387,7 @@ class CandidatesDetector:
             cand = self._candidate(comp, sl, edt, lung & ~g, plab, psize, pfield, spacing,
                                    n_before + len(out) + 1)
             if (cand is None or cand.solidity < p.ggo_min_solidity
-                    or float(np.median(imgs[0][sl][comp])) > p.max_median_hu):
+                    or self._too_bright(img[sl], comp, cand.label)):
                 continue
             lab[sl][comp] = cand.label
             out.append(replace(cand, extent=cand.bbox))
