@@ -200,7 +200,8 @@ def main() -> None:
         sites = tuple(x.strip() for x in args.sites.split(",") if x.strip())
         for case in generate([("lidc", lidc), ("cta", cta)], lesions, per_pair=args.per_pair,
                              seed=args.seed, sites=sites,
-                             volume_range_ml=tuple(args.volume_range)):
+                             volume_range_ml=tuple(args.volume_range),
+                             own_lesions={"lidc": nod}):
             les = case.lesions[0].source
             if case.background == "lidc":
                 group = "tp dev" if les != "pat_4" else "tp mixed"

@@ -92,7 +92,7 @@ def main() -> None:
     jp, _ = load_study(args.shared / "ct_series_jpeg2000")
     rows += features(det, jp, np.zeros(jp.shape, bool), "held", "jp2k")
     for case in generate([("lidc", lidc), ("cta", cta)], lesions, per_pair=args.per_pair,
-                         seed=1):
+                         seed=1, own_lesions={"lidc": nod}):
         gt = case.labels > 0
         if case.background == "lidc":
             gt |= nod

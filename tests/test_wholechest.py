@@ -46,6 +46,30 @@ def test_detector_without_a_tumour_reports_nothing_above_the_operating_point():
     assert [b for b in CandidatesDetector().detect(vol) if b.score >= 0.5] == []
 
 
+def test_an_emphysematous_lung_is_still_lung():
+    """Severe emphysema: 40 % of the lung parenchyma is holes of near-pure air (v2.6
+    took such a lung for outside air and found nothing). The nodule is still found, and
+    the outside air (it touches the image's sides) is still no lung."""
+    vol, truth = thorax_phantom(seed=4, heart=False, tube=False)
+    rng = np.random.default_rng(4)
+    arr = vol.array.copy()
+    body = ndi.binary_fill_holes(vol.array > -500, structure=np.ones((1, 3, 3), bool))
+    parench = (vol.array < -500) & body
+    noise = ndi.gaussian_filter(rng.standard_normal(arr.shape), sigma=(1.5, 3, 3))
+    holes = parench & (noise > np.quantile(noise[parench], 0.6))
+    arr[holes] = -990.0 + rng.normal(0, 8, int(holes.sum()))
+    emph = Volume(array=arr.astype(np.float32), spacing=vol.spacing, origin=vol.origin,
+                  direction=vol.direction)
+    det = CandidatesDetector()
+    img, wsp, _ = det.working_grid(emph)
+    lung = det.lung_mask(img, wsp)
+    assert (img[lung] < -950).mean() > 0.3  # far more than the 0.2 of a normal lung
+    assert not lung[:, :, 0].any() and not lung[:, 0, :].any()  # outside air is not lung
+    kept = [b for b in det.detect(emph) if b.score >= 0.5]
+    assert len(kept) == 1 and _hits(kept[0], truth["nodule"]) == int(truth["nodule"].sum())
+    assert _kept(emph, enclosed_max_pure_air_frac=0) == []  # the v2.6 rule alone
+
+
 def _sphere_lesion(radius_mm: float = 8.0) -> LesionSource:
     sp = (2.0, 1.0, 1.0)
     n = (24, 40, 40)
@@ -99,6 +123,33 @@ def test_transplant_against_a_wall_touches_it(site):
     towards_centre = abs(xc - mid) < abs(np.mean(xs[xs < mid]) - mid) if xc < mid \
         else abs(xc - mid) < abs(np.mean(xs[xs >= mid]) - mid)
     assert towards_centre == (site == "mediastinum")
+
+
+def test_transplant_keeps_clear_of_the_backgrounds_own_lesion():
+    # the whole right lung but a sliver counts as the background's lesion: every draw must
+    # land in the left lung, at least 15 mm beyond the lesion's edge
+    bg, _ = thorax_phantom(seed=2, heart=False, tube=False, nodule=False)
+    nx = bg.shape[2]
+    own = np.zeros(bg.shape, dtype=bool)
+    own[:, :, : int(nx * 0.45)] = True
+    lmap = lung_map(bg, lesions=own)
+    free = lung_map(bg)
+    assert free.clear_mm is None and lmap.clear_mm is not None
+    src = _sphere_lesion(6.0)
+    edge_mm = nx * 0.45 * bg.spacing[2]
+    moved = 0
+    for seed in range(6):
+        case = transplant(bg, [(src, "parenchyma", 1.0, False)], np.random.default_rng(seed),
+                          lmap=lmap)
+        x_min_mm = float(np.nonzero(case.labels)[2].min()) * bg.spacing[2]
+        assert x_min_mm >= edge_mm + 15.0 - 2 * 2.0  # less a working-grid voxel each side
+        again = transplant(bg, [(src, "parenchyma", 1.0, False)], np.random.default_rng(seed),
+                           lmap=free)
+        moved += int(not np.array_equal(again.labels, case.labels))
+    # without the lesion the same seeds go (in part) to the right lung
+    assert moved >= 1
+    with pytest.raises(ValueError, match="lesions"):
+        lung_map(bg, lesions=own[:-1])
 
 
 def test_transplant_refuses_bad_arguments():
@@ -388,10 +439,36 @@ def test_a_large_elongated_mass_on_the_mediastinum_is_kept_by_the_large_mass_tie
     (box,) = _kept(chest)
     assert _hits(box, mass) > 0.9 * int(mass.sum())
     assert _hits(box, truth["heart"]) < 0.05 * int(truth["heart"].sum())
-    assert _kept(chest, large_mass_min_thickness_mm=0) == []
+    # (the lone-mass rule would keep this mass too: off here)
+    off = {"lone_mass_min_thickness_mm": 0}
+    assert _kept(chest, large_mass_min_thickness_mm=0, **off) == []
     # the tier asks for more solidity and more lung contact than the mass has
-    assert _kept(chest, large_mass_min_solidity=0.99) == []
-    assert _kept(chest, large_mass_min_contact=0.9) == []
+    assert _kept(chest, large_mass_min_solidity=0.99, **off) == []
+    assert _kept(chest, large_mass_min_contact=0.9, **off) == []
+
+
+def test_a_lone_large_mass_is_kept_only_when_nothing_else_scores():
+    """The lone-mass rule (v2.7): in a study where no candidate reaches the mass score,
+    the thickest big, compact mass on the lung is kept; beside a nodule that scores, it
+    is not lifted. The large-mass tier is off here, so the rule alone decides."""
+    chest, mass, truth = _chest_with_mediastinal_mass(radius=16, z_stretch=2.2, x_left=30)
+    no_tier = {"large_mass_min_thickness_mm": 0}
+    (box,) = _kept(chest, **no_tier)
+    assert _hits(box, mass) > 0.9 * int(mass.sum())
+    assert _hits(box, truth["heart"]) < 0.05 * int(truth["heart"].sum())
+    assert box.score == pytest.approx(0.5)  # lifted to mass_score, no higher
+    # thinner than the rule's gate (the mass is about 16 mm thick): not kept
+    assert _kept(chest, lone_mass_min_thickness_mm=20, **no_tier) == []
+    # a round nodule in the other lung scores: the mass is not lifted
+    z, y, x, cy, cx = _mm_grid(chest)
+    nodule = (z - 120) ** 2 + (y - (cy - 30)) ** 2 + (x - (cx + 95)) ** 2 <= 9 ** 2
+    arr = chest.array.copy()
+    arr[nodule] = 30.0
+    both = Volume(array=arr, spacing=chest.spacing, origin=chest.origin,
+                  direction=chest.direction)
+    (only,) = _kept(both, **no_tier)
+    assert _hits(only, nodule) == int(nodule.sum()) and _hits(only, mass) == 0
+    assert len(_kept(both)) == 2  # with the large-mass tier on, both are kept
 
 
 def test_a_small_round_nodule_on_the_mediastinum_is_kept_by_the_small_mass_tier():

@@ -36,7 +36,7 @@ and the tumours and backgrounds keep their own licences (see docs/benchmarks.md)
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,10 +160,19 @@ class _LungMap:
     depth_mm: npt.NDArray[np.float32]  # distance to the nearest non-lung voxel
     mediastinal: BoolArray  # lung voxels whose nearest non-lung voxel is mediastinal
     cropped: BoolArray  # lung voxels whose nearest non-lung voxel is the image border
+    clear_mm: npt.NDArray[np.float32] | None = None  # distance to the background's lesions
 
 
-def lung_map(volume: Volume, work_mm: float = 2.0) -> _LungMap:
-    """Aerated lungs of a background study, and which boundary each lung voxel is near."""
+def lung_map(volume: Volume, work_mm: float = 2.0, lesions: BoolArray | None = None
+             ) -> _LungMap:
+    """Aerated lungs of a background study, and which boundary each lung voxel is near.
+
+    ``lesions`` (the volume's shape) marks the background's own lesions (LIDC-0314's
+    nodule): a transplanted lesion is kept 15 mm clear of them, as of other inserted
+    lesions, so that it neither covers nor merges with one."""
+    if lesions is not None and lesions.shape != volume.shape:
+        raise ValueError(f"Argument 'lesions' must have the volume's shape {volume.shape}; "
+                         f"got {lesions.shape}")
     sz, sy, sx = volume.spacing
     f = (max(1, int(round(work_mm / sz))), max(1, int(round(work_mm / sy))),
          max(1, int(round(work_mm / sx))))
@@ -195,7 +204,12 @@ def lung_map(volume: Volume, work_mm: float = 2.0) -> _LungMap:
     shp = lung.shape
     cropped = lung & ((iz == 0) | (iz == shp[0] - 1) | (iy == 0) | (iy == shp[1] - 1)
                       | (ix == 0) | (ix == shp[2] - 1))
-    return _LungMap(f, wsp, lung, depth.astype(np.float32), mediastinal & ~cropped, cropped)
+    clear = None
+    if lesions is not None and lesions.any():
+        own = block_mean(lesions.astype(np.float32), f) > 0
+        clear = ndi.distance_transform_edt(~own, sampling=wsp).astype(np.float32)
+    return _LungMap(f, wsp, lung, depth.astype(np.float32), mediastinal & ~cropped, cropped,
+                    clear)
 
 
 def _pick_center(lmap: _LungMap, site: str, radius_mm: float, rng: np.random.Generator,
@@ -214,6 +228,15 @@ def _pick_center(lmap: _LungMap, site: str, radius_mm: float, rng: np.random.Gen
     if idx.size == 0:
         return None
     z, y, x = np.unravel_index(int(rng.choice(idx)), ok.shape)
+    if lmap.clear_mm is not None and lmap.clear_mm[z, y, x] < radius_mm + 15.0:
+        # on or near the background's own lesion: draw again among the places clear of
+        # it, from a generator seeded by the rejected place, not from ``rng``, so that
+        # every other case of a seed stays as it was
+        idx = np.flatnonzero(ok & (lmap.clear_mm >= radius_mm + 15.0))
+        if idx.size == 0:
+            return None
+        again = np.random.default_rng([int(z), int(y), int(x)])
+        z, y, x = np.unravel_index(int(again.choice(idx)), ok.shape)
     return int(z), int(y), int(x)
 
 
@@ -293,14 +316,17 @@ def transplant(background: Volume, lesions: Sequence[tuple[LesionSource, str, fl
 
 def generate(backgrounds: Sequence[tuple[str, Volume]], lesions: Sequence[LesionSource],
              *, per_pair: int = 3, seed: int = 0, sites: Sequence[str] = SITES,
-             volume_range_ml: tuple[float, float] = (1.0, 150.0)) -> Iterator[TransplantCase]:
+             volume_range_ml: tuple[float, float] = (1.0, 150.0),
+             own_lesions: Mapping[str, BoolArray] | None = None) -> Iterator[TransplantCase]:
     """One case per (background, lesion, repeat): a seeded site (cycling through ``sites``)
     and a scale drawn so that the lesion's volume is log-uniform in ``volume_range_ml``.
+    ``own_lesions`` maps a background's name to a mask of its own lesions, which the
+    inserted ones keep clear of (see :func:`lung_map`).
 
     A combination whose site does not fit is skipped with a log line."""
     rng = np.random.default_rng(seed)
     for bname, bg in backgrounds:
-        lmap = lung_map(bg)
+        lmap = lung_map(bg, lesions=(own_lesions or {}).get(bname))
         for les in lesions:
             for rep in range(per_pair):
                 site = sites[rep % len(sites)]
