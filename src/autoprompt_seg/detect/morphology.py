@@ -1,7 +1,7 @@
 """Morphology on a voxel grid with physical spacing (mm), shared by the ``candidates``
 detector and the lesion transplanter: balls, block-mean downsampling, closing by distance
-transforms, 3-D solidity, a component's padded box and thickness, the dense structures of
-the thorax's inner region and the airway lumen."""
+transforms, 3-D solidity, a component's padded box and thickness, the lungs, the dense
+structures of the thorax's inner region and the airway lumen."""
 
 from __future__ import annotations
 
@@ -76,6 +76,36 @@ def thickness_mm(edt: npt.NDArray[np.float64], spacing: tuple[float, float, floa
     """Largest inscribed-ball radius from a distance map: the EDT counts to the nearest
     background voxel centre, so half a voxel is added."""
     return float(edt.max()) + 0.5 * float(np.mean(spacing))
+
+
+def lung_components(img: FloatArray, spacing: tuple[float, float, float], air_hu: float,
+                    pure_air_hu: float, max_pure_frac: float, min_ml: float,
+                    enclosed_max_pure_frac: float, enclosed_min_ml: float) -> BoolArray:
+    """Aerated lung: 3-D components of air (``< air_hu``) of at least ``min_ml`` whose
+    share of near-pure air (``< pure_air_hu``) is at most ``max_pure_frac``: outside air,
+    the table's padding, the trachea and bowel gas are almost pure air, lung parenchyma
+    is not. An emphysematous lung holds much more (its holes and bullae: a quarter to a
+    half of it in severe emphysema), so a component of at least ``enclosed_min_ml`` (a
+    lung, not a gas pocket) that touches no side of the image in-plane (outside air does)
+    may hold up to ``enclosed_max_pure_frac``."""
+    lab, n = ndi.label(img < air_hu)
+    if n == 0:
+        return np.zeros(img.shape, dtype=bool)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1).astype(np.float64)
+    pure = np.bincount(lab.ravel(), weights=(img < pure_air_hu).ravel(), minlength=n + 1)
+    vox_ml = float(np.prod(spacing)) / 1000.0
+    keep = []
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None or sizes[i] * vox_ml < min_ml:
+            continue
+        enclosed = (sizes[i] * vox_ml >= enclosed_min_ml and sl[1].start > 0
+                    and sl[2].start > 0 and sl[1].stop < img.shape[1]
+                    and sl[2].stop < img.shape[2])
+        limit = max(max_pure_frac, enclosed_max_pure_frac) if enclosed else max_pure_frac
+        if pure[i] / sizes[i] <= limit:
+            keep.append(i)
+    out: BoolArray = np.isin(lab, keep)
+    return out
 
 
 def thorax_structures(smooth: FloatArray, lung: BoolArray, field: BoolArray,
