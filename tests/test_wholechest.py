@@ -447,10 +447,11 @@ def test_a_large_elongated_mass_on_the_mediastinum_is_kept_by_the_large_mass_tie
     assert _kept(chest, large_mass_min_contact=0.9, **off) == []
 
 
-def test_a_lone_large_mass_is_kept_only_when_nothing_else_scores():
-    """The lone-mass rule (v2.7): in a study where no candidate reaches the mass score,
-    the thickest big, compact mass on the lung is kept; beside a nodule that scores, it
-    is not lifted. The large-mass tier is off here, so the rule alone decides."""
+def test_a_lone_large_mass_is_kept_only_when_no_other_large_mass_scores():
+    """The lone-mass rule (v2.7): in a study where no candidate 13 mm thick or more
+    reaches the mass score, the thickest big, compact mass on the lung is kept - beside a
+    small nodule too, but not beside a large mass that scores. The large-mass tier is off
+    here, so the rule alone decides."""
     chest, mass, truth = _chest_with_mediastinal_mass(radius=16, z_stretch=2.2, x_left=30)
     no_tier = {"large_mass_min_thickness_mm": 0}
     (box,) = _kept(chest, **no_tier)
@@ -459,16 +460,25 @@ def test_a_lone_large_mass_is_kept_only_when_nothing_else_scores():
     assert box.score == pytest.approx(0.5)  # lifted to mass_score, no higher
     # thinner than the rule's gate (the mass is about 16 mm thick): not kept
     assert _kept(chest, lone_mass_min_thickness_mm=20, **no_tier) == []
-    # a round nodule in the other lung scores: the mass is not lifted
-    z, y, x, cy, cx = _mm_grid(chest)
-    nodule = (z - 120) ** 2 + (y - (cy - 30)) ** 2 + (x - (cx + 95)) ** 2 <= 9 ** 2
-    arr = chest.array.copy()
-    arr[nodule] = 30.0
-    both = Volume(array=arr, spacing=chest.spacing, origin=chest.origin,
-                  direction=chest.direction)
+
+    def with_ball(radius):
+        z, y, x, cy, cx = _mm_grid(chest)
+        ball_ = (z - 120) ** 2 + (y - (cy - 30)) ** 2 + (x - (cx + 95)) ** 2 <= radius ** 2
+        arr = chest.array.copy()
+        arr[ball_] = 30.0
+        return Volume(array=arr, spacing=chest.spacing, origin=chest.origin,
+                      direction=chest.direction), ball_
+
+    # a small round nodule in the other lung scores; the mass is still lifted
+    both, nodule = with_ball(9)
+    kept = _kept(both, **no_tier)
+    assert len(kept) == 2
+    assert sum(_hits(b, nodule) == int(nodule.sum()) for b in kept) == 1
+    assert sum(_hits(b, mass) > 0.9 * int(mass.sum()) for b in kept) == 1
+    # a large round mass there scores: the wrapped one is not lifted
+    both, big = with_ball(15)
     (only,) = _kept(both, **no_tier)
-    assert _hits(only, nodule) == int(nodule.sum()) and _hits(only, mass) == 0
-    assert len(_kept(both)) == 2  # with the large-mass tier on, both are kept
+    assert _hits(only, big) == int(big.sum()) and _hits(only, mass) == 0
 
 
 def test_a_small_round_nodule_on_the_mediastinum_is_kept_by_the_small_mass_tier():

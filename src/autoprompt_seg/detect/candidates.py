@@ -61,9 +61,9 @@ spacing:
    with the same four gates (prefix ``large_mass_``, v2.4: 10 mm, 2.6, 0.65, 0.55, a big
    tumour flattened on the mediastinum; ``small_mass_``, v2.5: 6 mm, 1.7, 0.75, 0.5, a
    round nodule on it). **Lone mass** (v2.7, ``lone_mass_``: 13 mm, 2.4, 0.6, 0.4): in a
-   study where no candidate reaches ``mass_score``, the thickest candidate that passes
-   scores ``mass_score`` (a large tumour wrapped on the mediastinum or chest wall, whose
-   solidity and contact fall under the other tiers). Gates: docs/benchmarks.md.
+   study where no candidate that thick reaches ``mass_score`` (a small nodule may), the
+   thickest candidate that passes scores ``mass_score`` (a large tumour wrapped on the
+   mediastinum or chest wall, under the other tiers). Gates: docs/benchmarks.md.
    Candidates scoring below ``min_score`` (a floor, 0.1) are dropped; at most
    ``max_candidates`` are returned, so the pipeline's operating point (``--min-score``,
    default 0.4) decides which are segmented and which are only listed in report.json.
@@ -343,8 +343,9 @@ class CandidatesDetector:
             out += self._subsolid(img, smooth, field, lung, lab, plab, psize, pfield,
                                   spacing, len(out))
         lone = [c for c in out if self._in_tier(c, "lone_mass_")]
-        if lone and max(c.score for c in out) < p.mass_score:
-            # nothing else scores: the thickest big, compact mass on the lung is the tumour
+        if lone and not any(c.score >= p.mass_score and c.thickness_mm
+                            >= p.lone_mass_min_thickness_mm for c in out):
+            # no big mass scores: the thickest big, compact mass on the lung is the tumour
             best = max(lone, key=lambda c: c.thickness_mm)
             log.debug("candidate %d: lone mass, score %.2f -> %.2f", best.label, best.score,
                       p.mass_score)
