@@ -159,3 +159,39 @@ def test_solidity_separates_masses_from_branching_and_curved_structures() -> Non
     assert solidity(rim) < 0.6
     assert solidity(np.zeros((3, 3, 3), bool)) == 1.0  # empty: no evidence either way
 
+
+
+def test_lung_components_tell_an_emphysematous_lung_from_outside_air_and_gas():
+    """An enclosed air component with 40 % near-pure air is lung when it is lung-sized
+    (>= 300 ml); outside air (it touches the image's sides) and a small enclosed gas
+    pocket with the same share are not. The 0.2 rule alone keeps only normal lung."""
+    from autoprompt_seg.detect.morphology import lung_components
+
+    rng = np.random.default_rng(0)
+    sp = (2.5, 2.0, 2.0)
+    img = np.full((40, 120, 120), -1000.0, dtype=np.float32)  # outside air
+    img[:, 5:115, 5:115] = 30.0  # the body
+    lung = np.zeros(img.shape, dtype=bool)
+    lung[5:35, 20:100, 15:55] = True  # 30 x 80 x 40 voxels: 960 ml
+    pocket = np.zeros(img.shape, dtype=bool)
+    pocket[10:30, 40:70, 75:90] = True  # 20 x 30 x 15: 90 ml, a gas pocket
+    normal = np.zeros(img.shape, dtype=bool)
+    normal[5:35, 20:100, 95:112] = True  # 408 ml of normal lung
+    for m in (lung, pocket):
+        img[m] = np.where(rng.random(int(m.sum())) < 0.4, -990.0, -850.0)
+    img[normal] = -850.0
+
+    def comps(**kw):
+        args = dict(air_hu=-400.0, pure_air_hu=-950.0, max_pure_frac=0.2, min_ml=50.0,
+                    enclosed_max_pure_frac=0.5, enclosed_min_ml=300.0)
+        args.update(kw)
+        return lung_components(img, sp, **args)
+
+    out = comps()
+    assert out[lung].all() and out[normal].all()
+    assert not out[pocket].any() and not out[:, 0, :].any()
+    # the pocket is lung only when small components may be enclosed lungs too
+    assert comps(enclosed_min_ml=50.0)[pocket].all()
+    # the v2.6 rule (0.2 everywhere) keeps only the normal lung
+    only = comps(enclosed_max_pure_frac=0.0)
+    assert only[normal].all() and not only[lung].any()
