@@ -4,7 +4,7 @@
 Severe emphysema turns a quarter to a half of the lung into holes of near-pure air, and a
 detector that tells lung from outside air by its share of pure air can lose the whole lung.
 This script makes that lung: in LIDC-0314's parenchyma (-950..-600 HU, the two lungs that
-touch no side of the image), seeded blobs (smoothed noise over a threshold) that cover the
+touch no side of the image, by the detector's own lung rule), seeded blobs (smoothed noise over a threshold) that cover the
 asked share become holes of -985 HU (+- 10 HU noise). Vessels, airways and the nodule stay.
 For each share it prints the resulting LAA-950 (share of lung voxels under -950 HU at full
 resolution), the candidates detector's boxes and whether one holds the nodule.
@@ -28,6 +28,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from autoprompt_seg.detect.candidates import CandidatesDetector, CandidatesParams
+from autoprompt_seg.detect.morphology import lung_components
+from autoprompt_seg.errors import ConfigError
 from autoprompt_seg.io.dicom import load_study
 from autoprompt_seg.options import split_assignment
 
@@ -49,25 +51,29 @@ def main() -> None:
         ap.error(f"--holes must be in 0..0.9; got {args.holes}")
     opts = {}
     for item in args.overrides:
-        backend, key, value = split_assignment(item)
+        try:
+            backend, key, value = split_assignment(item)
+            opts[key] = float(value)
+        except (ConfigError, ValueError) as e:
+            ap.error(f"--set {item!r}: {e}")
         if backend != "candidates":
             ap.error(f"--set {item!r}: only candidates.KEY=VALUE")
-        opts[key] = float(value)
-    det = CandidatesDetector(CandidatesParams(**opts))
+    try:
+        det = CandidatesDetector(CandidatesParams(**opts))
+    except (ConfigError, TypeError) as e:
+        ap.error(f"--set: {e}")
     vol, _ = load_study(args.shared / "lidc_idri_0314_dicom")
     a = vol.array
-    lab, _ = ndi.label(a < -500)
-    sizes = np.bincount(lab.ravel())
-    lungs = [i for i, sl in enumerate(ndi.find_objects(lab), start=1)
-             if sl is not None and sizes[i] > 100_000 and sl[1].start > 0 and sl[2].start > 0
-             and sl[1].stop < a.shape[1] and sl[2].stop < a.shape[2]]
-    lung = np.isin(lab, lungs)
+    p = det.params
+    lung = lung_components(a, vol.spacing, p.air_hu, p.pure_air_hu, p.max_pure_air_frac,
+                           p.min_lung_ml, p.enclosed_max_pure_air_frac, p.enclosed_min_lung_ml)
     parench = lung & (a > -950) & (a < -600)
     rng = np.random.default_rng(args.seed)
     noise = ndi.gaussian_filter(rng.standard_normal(a.shape).astype(np.float32),
                                 sigma=(3, 4, 4))
     z0, z1, y0, y1, x0, x1 = LIDC_NODULE_BOX
-    print(f"detector candidates {det.info().version}; LIDC-0314 lungs {lung.sum() * vol.voxel_volume_ml:.0f} ml")
+    lung_ml = float(lung.sum()) * vol.voxel_volume_ml
+    print(f"detector candidates {det.info().version}; LIDC-0314 lungs {lung_ml:.0f} ml")
     print(f"{'holes':>6} {'LAA-950':>8} {'boxes':>6}  nodule (score)  detector s")
     for share in args.holes:
         arr = a.copy()

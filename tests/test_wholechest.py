@@ -58,8 +58,7 @@ def test_an_emphysematous_lung_is_still_lung():
     noise = ndi.gaussian_filter(rng.standard_normal(arr.shape), sigma=(1.5, 3, 3))
     holes = parench & (noise > np.quantile(noise[parench], 0.6))
     arr[holes] = -990.0 + rng.normal(0, 8, int(holes.sum()))
-    emph = Volume(array=arr.astype(np.float32), spacing=vol.spacing, origin=vol.origin,
-                  direction=vol.direction)
+    emph = vol.with_array(arr.astype(np.float32))
     det = CandidatesDetector()
     img, wsp, _ = det.working_grid(emph)
     lung = det.lung_mask(img, wsp)
@@ -466,8 +465,7 @@ def test_a_lone_large_mass_is_kept_only_when_no_other_large_mass_scores():
         ball_ = (z - 120) ** 2 + (y - (cy - 30)) ** 2 + (x - (cx + 95)) ** 2 <= radius ** 2
         arr = chest.array.copy()
         arr[ball_] = 30.0
-        return Volume(array=arr, spacing=chest.spacing, origin=chest.origin,
-                      direction=chest.direction), ball_
+        return chest.with_array(arr), ball_
 
     # a small round nodule in the other lung scores; the mass is still lifted
     both, nodule = with_ball(9)
