@@ -15,6 +15,10 @@ Per case: GT lesions found (a predicted lesion overlaps them), false-positive le
 (overlapping no GT), the Dice of the union as written to the SEG, the mean Dice of the
 found lesions (GT lesion against the predicted lesions that overlap it), detector time.
 
+``--cavitate WALL_MM`` turns each transplanted lesion into a cavitating one: the part
+deeper than ``max(WALL_MM, half its greatest depth)`` becomes gas (-990 +- 20 HU), and
+the ground truth keeps the whole lesion, cavity included (as a GTV does).
+
 Example (the whole-chest data are the project's ``../shared/data``)::
 
     python scripts/eval_wholechest.py --shared ../shared/data --per-pair 3
@@ -83,6 +87,18 @@ def lidc_nodule(volume: Volume, z_scale: float = 1.0) -> npt.NDArray[np.bool_]:
     return out
 
 
+def cavitate(volume: Volume, lesion: npt.NDArray[np.bool_], wall_mm: float,
+             rng: np.random.Generator) -> Volume:
+    """``volume`` with the part of ``lesion`` deeper than ``max(wall_mm, half its greatest
+    depth)`` turned to gas (-990 +- 20 HU): a cavitating tumour with a wall of at least
+    ``wall_mm``."""
+    depth = ndi.distance_transform_edt(lesion, sampling=volume.spacing)
+    cavity = depth > max(wall_mm, 0.5 * float(depth.max()))
+    arr = volume.array.copy()
+    arr[cavity] = -990.0 + 20.0 * rng.standard_normal(int(cavity.sum()))
+    return volume.with_array(arr.astype(np.float32))
+
+
 @dataclass
 class Row:
     case: str
@@ -144,6 +160,9 @@ def main() -> None:
                     help="resample LIDC-0314 and the CTA (and so the transplanted cases) to "
                          "this slice spacing, e.g. 3 or 5 as in thick-slice NSCLC studies")
     ap.add_argument("--no-transplants", action="store_true")
+    ap.add_argument("--cavitate", type=float, default=None, metavar="WALL_MM",
+                    help="hollow each transplanted lesion deeper than max(WALL_MM, half its "
+                         "greatest depth) into a gas cavity (cavitating tumours)")
     ap.add_argument("--candidates-option", action="append", default=[], metavar="KEY=VALUE",
                     help="override a candidates detector parameter, e.g. remainder_depth=0 "
                          "(the v2.0 candidates); the same as --set candidates.KEY=VALUE")
@@ -153,6 +172,8 @@ def main() -> None:
                          "segmenter without its fat rule); repeatable")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
+    if args.cavitate is not None and not args.cavitate >= 0:
+        ap.error(f"--cavitate must be >= 0 mm; got {args.cavitate}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from autoprompt_seg.errors import ConfigError
@@ -208,9 +229,13 @@ def main() -> None:
             else:
                 group = "tp held-out" if les == "pat_4" else "tp mixed"
             labels = case.labels.astype(np.uint8)
+            volume = case.volume
+            if args.cavitate is not None:
+                volume = cavitate(volume, case.labels > 0, args.cavitate,
+                                  np.random.default_rng([args.seed, len(rows)]))
             if case.background == "lidc":
                 labels[nod & (labels == 0)] = 200
-            rows.append(score_case(case.name, group, case.volume, labels, det, seg, op))
+            rows.append(score_case(case.name, group, volume, labels, det, seg, op))
             r = rows[-1]
             print(f"  {r.case:36} found {r.found}/{r.n_gt} FP {r.fps} dice {r.union_dice:.3f}",
                   flush=True)

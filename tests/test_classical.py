@@ -105,6 +105,42 @@ def test_fat_plane_keeps_a_loose_box_out_of_the_mediastinum() -> None:
     assert (off.full() & med).sum() > 0.3 * m.sum()
 
 
+def _cavitated_on_mediastinum(inner_hu: float) -> tuple[Volume, np.ndarray, Box3D]:
+    """A 12 mm tumour with a 3 mm wall around ``inner_hu`` (gas: a cavity), pressed on a
+    fat-lined mediastinum (x < 35 mm), and a loose box that reaches into the mediastinum."""
+    vol, (m,) = lung_with_spheres([(50.0, 50.0, 50.0)], radius_mm=12.0)
+    z, y, x = np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(vol.shape, SPACING,
+                                                                     strict=True)],
+                          indexing="ij")
+    lung = vol.array < -400
+    vol.array[lung & (x < 35)] = 40.0
+    vol.array[lung & (x >= 35) & (x < 37)] = -100.0
+    inner = (z - 50) ** 2 + (y - 50) ** 2 + (x - 50) ** 2 <= 9.0 ** 2
+    vol.array[inner] = inner_hu + np.random.default_rng(1).normal(0, 15, int(inner.sum()))
+    b = box_of(m)
+    loose = Box3D(z0=b.z0 - 1, z1=b.z1 + 1, y0=b.y0 - 8, y1=b.y1 + 8, x0=b.x0 - 8,
+                  x1=b.x1 + 8, key_slice=b.key_slice, score=1.0, source="test")
+    return vol, m, loose
+
+
+def test_cavitating_tumour_keeps_its_cavity() -> None:
+    """The opening cuts a thin cavity wall away; without the cavity rule the mask jumps to
+    the mediastinum beside it. The gas belongs to the lesion (as in a GTV)."""
+    vol, m, loose = _cavitated_on_mediastinum(-1000.0)
+    (les,) = ClassicalSegmenter().segment(vol, [loose])
+    assert _dice(les.full(), m) >= 0.8
+    (off,) = ClassicalSegmenter(ClassicalParams(cavity_max_hu=-2000.0)).segment(vol, [loose])
+    assert _dice(off.full(), m) < 0.6
+
+
+def test_aerated_lung_in_a_ring_is_no_cavity() -> None:
+    """A ring of tissue around aerated lung (-850 HU, denser than gas) is not filled."""
+    vol, _, loose = _cavitated_on_mediastinum(-850.0)
+    (les,) = ClassicalSegmenter().segment(vol, [loose])
+    (off,) = ClassicalSegmenter(ClassicalParams(cavity_max_hu=-2000.0)).segment(vol, [loose])
+    assert np.array_equal(les.full(), off.full())
+
+
 def test_two_lesions_are_disjoint_and_ordered() -> None:
     vol, (m1, m2) = lung_with_spheres([(50.0, 35.0, 35.0), (50.0, 35.0, 62.0)])
     boxes = [box_of(m1, 0.9), box_of(m2, 0.8)]

@@ -16,6 +16,11 @@ For each box:
    ``[open_min_mm, open_max_mm]``) cuts vessels and thin chest-wall layers; the component
    that holds the box centre (or is nearest to it) is kept, restored by a geodesic
    dilation of the same radius inside the threshold mask, and its holes are filled.
+   Before the opening, the band's in-plane holes that overlap the box centre (later
+   slices: the previous slice's mask) and hold gas (median under ``cavity_max_hu``) join
+   it (v0.3): the cavity of a cavitating tumour, whose thin wall the opening would
+   otherwise cut away, leaving the mask to the tissue beside it. Aerated lung is denser
+   than gas and stays out. ``cavity_max_hu`` of -1024 or lower turns this off.
 3. The mask grows slice by slice in both directions. Each slice is limited to the previous
    slice's mask dilated by ``grow_mm`` (a tumour boundary moves little between slices) and
    goes through the same opening / component / restoration steps. Growth stops when the
@@ -43,7 +48,7 @@ from ..types import BackendInfo, Box3D, LesionMask, Volume
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.2.0"
+VERSION = "0.3.0"
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
@@ -73,6 +78,7 @@ class ClassicalParams:
     fat_lo_hu: float = -150.0
     fat_hi_hu: float = -30.0
     fat_lung_mm: float = 3.0
+    cavity_max_hu: float = -950.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -130,12 +136,31 @@ class ClassicalSegmenter:
                                     for k in fields(self.params)})
 
     # ------------------------------------------------------------------ one slice
+    def _fill_cavity(self, band: BoolArray, anchor: BoolArray, img: FloatArray) -> BoolArray:
+        """The cavities of a slice's band (v0.3): its in-plane holes (over the whole ROI,
+        so the shape prior does not break a wall) that overlap the anchor and hold gas
+        (median of the smoothed CT under ``cavity_max_hu``; aerated lung is denser).
+        Left out, the opening cuts a cavitating tumour's wall away and keeps whatever
+        tissue lies nearest the centre."""
+        holes = ndi.binary_fill_holes(band) & ~band
+        if self.params.cavity_max_hu <= -1024 or not (holes & anchor).any():
+            return np.zeros_like(band)
+        hlab, _ = ndi.label(holes)
+        ids = [i for i in np.unique(hlab[holes & anchor]) if i
+               and float(np.median(img[hlab == i])) < self.params.cavity_max_hu]
+        out: BoolArray = np.isin(hlab, ids)
+        return out
+
     def _slice_mask(self, band: BoolArray, allowed: BoolArray, open_se: BoolArray,
-                    anchor: BoolArray | None, centre: tuple[float, float]) -> BoolArray:
-        """Threshold band -> opening -> the component at the anchor -> restoration."""
+                    anchor: BoolArray | None, centre: tuple[float, float],
+                    img: FloatArray | None = None) -> BoolArray:
+        """Threshold band (with its cavities) -> opening -> the component at the anchor ->
+        restoration."""
         cand = band & allowed
         if not cand.any():
             return cand
+        if anchor is not None and img is not None:
+            cand |= self._fill_cavity(band, anchor, img) & allowed
         opened = ndi.binary_opening(cand, structure=open_se) if open_se.size > 1 else cand
         if not opened.any():
             opened = cand
@@ -234,7 +259,7 @@ class ClassicalSegmenter:
         if not anchor.any():
             anchor = inbox.copy()
         mask = np.zeros(roi.shape, dtype=bool)
-        key = self._slice_mask(band[k], inbox & ellipsoid[k], open_se, anchor, centre)
+        key = self._slice_mask(band[k], inbox & ellipsoid[k], open_se, anchor, centre, img[k])
         pix_mm2 = sy * sx
         if key.sum() * pix_mm2 < p.min_area_mm2:
             log.debug("box %s: nothing to segment on the key slice (lower %.0f HU)",
@@ -248,7 +273,7 @@ class ClassicalSegmenter:
             z = k + step
             while 0 <= z < roi.shape[0]:
                 allowed = ellipsoid[z] & ndi.binary_dilation(prev, structure=grow_se)
-                cur = self._slice_mask(band[z], allowed, open_se, prev, centre)
+                cur = self._slice_mask(band[z], allowed, open_se, prev, centre, img[z])
                 area = float(cur.sum())
                 if area * pix_mm2 < p.min_area_mm2 or area < p.min_area_frac * key_area:
                     break
