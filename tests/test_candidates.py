@@ -195,3 +195,31 @@ def test_lung_components_tell_an_emphysematous_lung_from_outside_air_and_gas():
     # the v2.6 rule (0.2 everywhere) keeps only the normal lung
     only = comps(enclosed_max_pure_frac=0.0)
     assert only[normal].all() and not only[lung].any()
+
+
+def test_gas_holes_take_a_cavity_not_lung():
+    """In-plane holes of tissue that are gas inside their partial-volume rim: a ring of
+    tissue around gas (a cavity) is one; lung (-850 HU) and an emphysematous lung (60 %
+    near-pure air) in the same ring are not, nor is gas open to the outside."""
+    from autoprompt_seg.detect.morphology import gas_holes
+
+    rng = np.random.default_rng(0)
+    img = np.full((6, 60, 200), -1000.0, dtype=np.float32)
+    img[:, 5:55, 5:195] = 30.0  # tissue
+    yy, xx = np.ogrid[:60, :200]
+    fills = {30: -990.0, 80: -850.0, 130: None}
+    holes = {}
+    for cx, hu in fills.items():
+        disk = (yy - 30) ** 2 + (xx - cx) ** 2 <= 12 ** 2
+        holes[cx] = np.broadcast_to(disk, img.shape)
+        v = (np.where(rng.random((6, 60, 200)) < 0.6, -990.0, -850.0) if hu is None
+             else np.full(img.shape, hu))
+        img[holes[cx]] = v[holes[cx]]
+    img[:, 28:33, 165:200] = -990.0  # a gas channel to the outside ...
+    gas_open = (yy - 30) ** 2 + (xx - 175) ** 2 <= 8 ** 2
+    img[:, gas_open] = -990.0  # ... opens this gas pocket
+    img[:, (yy - 30) ** 2 + (xx - 30) ** 2 == 144] = -600.0  # a partial-volume rim
+    out = gas_holes(img >= -400, img, -950.0)
+    assert out[holes[30]].mean() > 0.95
+    assert not out[holes[80]].any() and not out[holes[130]].any()
+    assert not out[:, gas_open].any()

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from scipy import ndimage as ndi
 
 from autoprompt_seg.cli import main
-from autoprompt_seg.detect.candidates import CandidatesDetector
+from autoprompt_seg.detect.candidates import CandidatesDetector, CandidatesParams
 from autoprompt_seg.synthetic import synthetic_study
 from autoprompt_seg.transplant import LesionSource, lung_map, transplant
 from autoprompt_seg.types import Box3D, OperatingPoint, Volume
@@ -514,3 +514,26 @@ def test_a_small_part_solid_nodule_is_found_by_its_ground_glass_blob():
     assert _hits(boxes[0], truth["heart"]) == 0 and _hits(boxes[0], truth["tube"]) == 0
     # without the sub-solid pass there is no candidate at all
     assert CandidatesDetector(CandidatesParams(ggo_candidates=0)).detect(chest) == []
+
+
+def test_a_cavitating_mass_is_found_as_one_mass():
+    """A 36 mm mass whose centre is a 24 mm gas cavity: the detector fills the cavity
+    (v2.8), so the mass is one thick candidate that holds the cavity; before, its shell
+    fell apart into thin pieces (boxes beside the centre, or none)."""
+    vol, _ = thorax_phantom(seed=0, nodule=False)
+    sp, (_, ny, nx) = vol.spacing, vol.shape
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(vol.shape, sp)), indexing="ij")
+    d2 = (z - 110) ** 2 + (y - (ny * sp[1] / 2 - 10)) ** 2 + (x - (nx * sp[2] / 2 - 80)) ** 2
+    mass, cavity = d2 <= 18 ** 2, d2 <= 12 ** 2
+    rng = np.random.default_rng(1)
+    a = vol.array.copy()
+    a[mass] = 35.0 + rng.normal(0, 12, int(mass.sum()))
+    a[cavity] = -1000.0 + rng.normal(0, 12, int(cavity.sum()))
+    cavitating = vol.with_array(a.astype(np.float32))
+    boxes = [b for b in CandidatesDetector().detect(cavitating)
+             if b.score >= OperatingPoint().min_score]
+    assert len(boxes) == 1
+    assert _hits(boxes[0], mass) >= 0.9 * mass.sum()
+    off = CandidatesDetector(CandidatesParams(cavities=0)).detect(cavitating)
+    assert not any(_hits(b, mass) >= 0.9 * mass.sum() for b in off
+                   if b.score >= OperatingPoint().min_score)

@@ -1,4 +1,4 @@
-"""Training-free lung tumour detector (v2.7): lung fields, soft-tissue candidates, anatomy
+"""Training-free lung tumour detector (v2.8): lung fields, soft-tissue candidates, anatomy
 context and a calibrated confidence.
 
 The pipeline works on a coarse grid (block means to about ``work_mm`` in-plane and
@@ -19,13 +19,16 @@ spacing:
    broad concavities of the heart, mediastinum or diaphragm.
 3. **Candidates**: soft tissue (smoothed ``soft_lo_hu .. soft_hi_hu``) inside the lung
    fields and outside the aerated lung, after an opening with a ball of radius
-   ``vessel_radius_mm`` that removes vessels and airway walls (thinner structures). Each
-   component's thick core (an opening with a ball of 0.6 of its thickness, the part that
-   holds its deepest point) is one candidate; what the core leaves of the component is
-   opened and searched again (``remainder_depth`` levels, default 2), so a lesion that
-   vessels join to a thicker hilar or mediastinal structure, or to a chain of them (a
-   vessel confluence, v2.6), keeps its own candidate; a piece from the second level on
-   must score at least ``deep_min_score`` (most of them are vessel fragments).
+   ``vessel_radius_mm`` that removes vessels and airway walls (thinner structures). Gas
+   that tissue encloses in-plane (inside its rim at least 90 % under ``pure_air_hu``; not
+   the airway lumen) joins the soft tissue first (v2.8, ``cavities``): a cavitating
+   tumour is one thick mass, not a thin shell. Each component's thick core (an opening
+   with a ball of 0.6 of its thickness, the part that holds its deepest point) is one
+   candidate; what the core leaves of the component is opened and searched again
+   (``remainder_depth`` levels, default 2), so a lesion that vessels join to a thicker
+   hilar or mediastinal structure, or to a chain of them (a vessel confluence, v2.6),
+   keeps its own candidate; a piece from the second level on must score at least
+   ``deep_min_score`` (most of them are vessel fragments).
    **Sub-solid candidates** (v2.3, ``ggo_candidates``): a part-solid or ground-glass
    nodule whose solid part is under the thickness floor has no solid candidate, so the
    blobs of ground glass and tissue (``ggo_lo_hu .. soft_hi_hu``, opened the same way)
@@ -95,6 +98,8 @@ from .morphology import (
     ball,
     block_mean,
     closing_edt,
+    elongation,
+    gas_holes,
     lung_components,
     padded,
     solidity,
@@ -104,7 +109,7 @@ from .morphology import (
 
 log = logging.getLogger(__name__)
 
-VERSION = "2.7.0"
+VERSION = "2.8.0"
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
@@ -163,6 +168,7 @@ class CandidatesParams:
     lone_mass_min_solidity: float = 0.6
     lone_mass_min_contact: float = 0.4
     ggo_candidates: float = 1
+    cavities: float = 1
     ggo_min_thickness_mm: float = 7.0
     ggo_min_solidity: float = 0.6
     max_median_hu: float = 200.0
@@ -288,11 +294,14 @@ class CandidatesDetector:
         lung = self.lung_mask(img, spacing)
         # the airways are no lung parenchyma: a mass beside the trachea or a main bronchus
         # is mediastinal, and the airways must not bridge the two lungs' fields
-        lung &= ~ndi.binary_dilation(self.airways(img, lung, spacing))
+        lung &= ~(air := ndi.binary_dilation(self.airways(img, lung, spacing)))
         field = self.lung_fields(lung, spacing)
         smooth = ndi.uniform_filter(img, size=3)
         plab, psize, pfield = thorax_structures(smooth, lung, field, img)
         soft = (smooth >= p.soft_lo_hu) & (smooth <= p.soft_hi_hu) & field & ~lung
+        if p.cavities:  # v2.8: gas enclosed by tissue in-plane (not an airway) is a cavity
+            cav = gas_holes(smooth >= p.soft_lo_hu, img, p.pure_air_hu) & ~air
+            soft, lung = soft | (cav & field), lung & ~cav
         # ground glass around a core: the sub-solid part of a part-solid lesion
         ggo = (smooth >= p.ggo_lo_hu) & (smooth < p.soft_lo_hu) & field
         soft = ndi.binary_opening(soft, structure=ball(p.vessel_radius_mm, spacing))
@@ -445,12 +454,7 @@ class CandidatesDetector:
         thick = thickness_mm(edt[comp], spacing)
         if thick < p.min_thickness_mm:
             return None
-        coords = np.argwhere(comp).astype(np.float64) * np.asarray(spacing)
-        if len(coords) >= 4:
-            ev = np.sort(np.linalg.eigvalsh(np.cov(coords.T)))[::-1]
-            elong = float(np.sqrt(ev[0] / max(ev[2], 1e-6)))
-        else:
-            elong = 1.0
+        elong = elongation(comp, spacing)
         # the ring one voxel beyond the surface: the voxels right at the surface may be
         # partial-volume tissue that the smoothed threshold and the opening left out
         shell_se = ndi.generate_binary_structure(3, 1)

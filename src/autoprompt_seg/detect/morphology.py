@@ -1,7 +1,8 @@
 """Morphology on a voxel grid with physical spacing (mm), shared by the ``candidates``
 detector and the lesion transplanter: balls, block-mean downsampling, closing by distance
-transforms, 3-D solidity, a component's padded box and thickness, the lungs, the dense
-structures of the thorax's inner region and the airway lumen."""
+transforms, 3-D solidity and elongation, a component's padded box and thickness, the
+lungs, the dense structures of the thorax's inner region, the airway lumen and gas holes
+(cavities)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,16 @@ def closing_edt(mask: BoolArray, radius_mm: float, spacing: tuple[float, float, 
     closed = ndi.distance_transform_edt(dil, sampling=spacing) > radius_mm
     out: BoolArray = closed[pad[0]:-pad[0], pad[1]:-pad[1], pad[2]:-pad[2]]
     return out
+
+
+def elongation(mask: BoolArray, spacing: tuple[float, float, float]) -> float:
+    """The square root of the ratio of the largest to the smallest principal variance
+    of ``mask``'s voxel positions (mm): 1 for a ball; vessels and z-tubes are long."""
+    coords = np.argwhere(mask).astype(np.float64) * np.asarray(spacing)
+    if len(coords) < 4:
+        return 1.0
+    ev = np.sort(np.linalg.eigvalsh(np.cov(coords.T)))[::-1]
+    return float(np.sqrt(ev[0] / max(ev[2], 1e-6)))
 
 
 def padded(sl: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -169,3 +180,26 @@ def airways(img: FloatArray, lung: BoolArray, spacing: tuple[float, float, float
         grown, vol = nxt, v
     log.debug("airways: %.1f ml", vol)
     return grown
+
+
+def gas_holes(tissue: BoolArray, img: FloatArray, gas_hu: float,
+              min_gas_frac: float = 0.9) -> BoolArray:
+    """The in-plane holes of ``tissue`` (each slice on its own) that are gas: at least
+    ``min_gas_frac`` of their inside (the hole less a one-voxel rim of partial volume)
+    under ``gas_hu`` on ``img``. That is the cavity of a cavitating tumour (which may reach
+    the lung through a bronchus, so it can be part of the lung mask), the airway lumen, a
+    gas-filled bowel loop; aerated lung, emphysematous too, is a hole of the chest's
+    tissue on every slice but holds parenchyma and stays out."""
+    inplane = np.zeros((3, 3, 3), dtype=bool)
+    inplane[1] = ndi.generate_binary_structure(2, 1)
+    holes = ndi.binary_fill_holes(tissue, structure=inplane) & ~tissue
+    lab, n = ndi.label(holes, structure=inplane)
+    if n == 0:
+        return holes
+    inside = np.where(ndi.binary_erosion(holes, structure=inplane), lab, 0).ravel()
+    size = np.bincount(inside, minlength=n + 1)
+    gas = np.bincount(inside, weights=(img < gas_hu).ravel(), minlength=n + 1)
+    ok = (size > 0) & (gas >= min_gas_frac * np.maximum(size, 1))
+    ok[0] = False
+    out: BoolArray = ok[lab]
+    return out
