@@ -37,6 +37,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_wholechest import LIDC_NODULE_BOX  # noqa: E402
 
 
+def detector_from_sets(ap: argparse.ArgumentParser, items: list[str]) -> CandidatesDetector:
+    """The candidates detector with the ``--set candidates.KEY=VALUE`` overrides ``items``;
+    a bad one is a usage error (``ap.error``)."""
+    opts = {}
+    for item in items:
+        try:
+            backend, key, value = split_assignment(item)
+            opts[key] = float(value)
+        except (ConfigError, ValueError) as e:
+            ap.error(f"--set {item!r}: {e}")
+        if backend != "candidates":
+            ap.error(f"--set {item!r}: only candidates.KEY=VALUE")
+    try:
+        return CandidatesDetector(CandidatesParams(**opts))
+    except (ConfigError, TypeError) as e:
+        ap.error(f"--set: {e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shared", type=Path, default=Path("../shared/data"),
@@ -49,19 +67,7 @@ def main() -> None:
     args = ap.parse_args()
     if any(not 0.0 <= h <= 0.9 for h in args.holes):
         ap.error(f"--holes must be in 0..0.9; got {args.holes}")
-    opts = {}
-    for item in args.overrides:
-        try:
-            backend, key, value = split_assignment(item)
-            opts[key] = float(value)
-        except (ConfigError, ValueError) as e:
-            ap.error(f"--set {item!r}: {e}")
-        if backend != "candidates":
-            ap.error(f"--set {item!r}: only candidates.KEY=VALUE")
-    try:
-        det = CandidatesDetector(CandidatesParams(**opts))
-    except (ConfigError, TypeError) as e:
-        ap.error(f"--set: {e}")
+    det = detector_from_sets(ap, args.overrides)
     vol, _ = load_study(args.shared / "lidc_idri_0314_dicom")
     a = vol.array
     p = det.params
