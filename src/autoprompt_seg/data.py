@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import UnavailableError
@@ -57,9 +58,7 @@ def fetch_pycerr(cache_dir: Path) -> Path:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(m) as src, open(dest, "wb") as out:
                     shutil.copyfileobj(src, out)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        _publish(staging, target, lambda t: all((t / p).is_dir() for p in PYCERR_PATIENTS))
     return target
 
 
@@ -85,7 +84,23 @@ def synthetic_demo_study(cache_dir: Path, seed: int = 0) -> Path:
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         synthetic_study(Path(tmp) / "s", shape=(64, 256, 256), spacing=(2.5, 1.2, 1.2),
                         n_tumours=2, seed=seed)
-        if study_dir.exists():
-            shutil.rmtree(study_dir)
-        (Path(tmp) / "s").rename(study_dir)
+        _publish(Path(tmp) / "s", study_dir, lambda t: any(t.glob("*.dcm")))
     return study_dir
+
+
+def _publish(staging: Path, target: Path, complete: Callable[[Path], bool]) -> None:
+    """Rename the finished ``staging`` folder to ``target``.
+
+    Two processes may fetch the same data at once (two evaluation scripts, a test run and
+    the listener). Whichever finishes second finds a complete ``target`` and keeps it:
+    removing it would pull the files from under the first process while it reads them.
+    Only an incomplete ``target`` (an interrupted run of an older version) is replaced."""
+    if complete(target):
+        return
+    if target.exists():
+        shutil.rmtree(target)
+    try:
+        staging.rename(target)
+    except OSError:  # another process renamed its copy in between
+        if not complete(target):
+            raise
