@@ -5,11 +5,16 @@ Cases (each scored as ``autoseg predict`` would write it, at the default operati
 
 * ``real``: the four pycerr lung tumour crops (RTSTRUCT GTV-1), LIDC-IDRI-0314 (whole
   chest; its one known nodule, box z 152-169 y 232-255 x 173-196, is the ground truth,
-  thresholded at -500 HU inside that box) and the chest CTA without tumour;
-* ``transplant``: pycerr tumours inserted into LIDC-0314 and the CTA
-  (:mod:`autoprompt_seg.transplant`, seeded). The detector's score was fitted on LIDC x
-  pat_1..pat_3 (``dev``); CTA x pat_4 saw neither its background nor its lesion
-  (``held-out``); the rest share one of the two (``mixed``).
+  thresholded at -500 HU inside that box), the chest CTA without tumour, and PyRadiomics'
+  two whole-chest test cases ``lung1`` and ``lung2`` (5 mm slices, one labelled lesion
+  each; :func:`autoprompt_seg.data.fetch_wholechest_cases`, skipped with a warning when
+  they cannot be fetched);
+* ``transplant``: pycerr tumours inserted into LIDC-0314 and the CTA (and, with
+  ``--backgrounds``, into lung1 and lung2) (:mod:`autoprompt_seg.transplant`, seeded). The
+  detector's score was fitted on LIDC x pat_1..pat_3 (``dev``); CTA x pat_4 saw neither
+  its background nor its lesion (``held-out``); the rest share one of the two
+  (``mixed``); lung1 and lung2 backgrounds are their own group (``lung1/2 bg``). Adding
+  backgrounds after the first two leaves the draws of the first two unchanged.
 
 Per case: GT lesions found (a predicted lesion overlaps them), false-positive lesions
 (overlapping no GT), the Dice of the union as written to the SEG, the mean Dice of the
@@ -39,7 +44,14 @@ from scipy import ndimage as ndi
 
 from autoprompt_seg import pipeline, registry
 from autoprompt_seg.config import Settings, default_cache_dir
-from autoprompt_seg.data import GTV_ROI, PYCERR_PATIENTS, fetch_pycerr
+from autoprompt_seg.data import (
+    GTV_ROI,
+    PYCERR_PATIENTS,
+    WHOLECHEST_CASES,
+    fetch_pycerr,
+    fetch_wholechest_cases,
+)
+from autoprompt_seg.errors import UnavailableError
 from autoprompt_seg.io.dicom import load_study
 from autoprompt_seg.io.image import load_image
 from autoprompt_seg.io.rtstruct import find_rtstruct, load_roi_mask
@@ -160,6 +172,9 @@ def main() -> None:
                     help="resample LIDC-0314 and the CTA (and so the transplanted cases) to "
                          "this slice spacing, e.g. 3 or 5 as in thick-slice NSCLC studies")
     ap.add_argument("--no-transplants", action="store_true")
+    ap.add_argument("--backgrounds", default="lidc,cta",
+                    help="comma-separated transplant backgrounds, in this order: lidc, cta, "
+                         "lung1, lung2 (default lidc,cta)")
     ap.add_argument("--cavitate", type=float, default=None, metavar="WALL_MM",
                     help="hollow each transplanted lesion deeper than max(WALL_MM, half its "
                          "greatest depth) into a gas cavity (cavitating tumours)")
@@ -172,6 +187,9 @@ def main() -> None:
                          "segmenter without its fat rule); repeatable")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
+    backgrounds = [b.strip() for b in args.backgrounds.split(",") if b.strip()]
+    if not backgrounds or any(b not in ("lidc", "cta", *WHOLECHEST_CASES) for b in backgrounds):
+        ap.error(f"--backgrounds must name some of lidc, cta, lung1, lung2; got {args.backgrounds!r}")
     if args.cavitate is not None and not args.cavitate >= 0:
         ap.error(f"--cavitate must be >= 0 mm; got {args.cavitate}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -217,24 +235,46 @@ def main() -> None:
                            det, seg, op))
     rows.append(score_case("CTA (no tumour)", "real whole chest", cta,
                            np.zeros(cta.shape, np.uint8), det, seg, op))
+    bgs: dict[str, tuple[Volume, npt.NDArray[np.bool_]]] = {
+        "lidc": (lidc, nod), "cta": (cta, np.zeros(cta.shape, dtype=bool))}
+    try:
+        pyrad = fetch_wholechest_cases(settings.cache_dir)
+    except UnavailableError as e:
+        print(f"warning: PyRadiomics' whole-chest cases skipped: {e}", file=sys.stderr)
+    else:
+        for name in WHOLECHEST_CASES:
+            vol = load_image(pyrad / f"{name}_image.nrrd")
+            gt_pr = load_image(pyrad / f"{name}_label.nrrd").array > 0
+            bgs[name] = (vol, gt_pr)
+            rows.append(score_case(f"PyRadiomics {name}", "real whole chest", vol,
+                                   gt_pr.astype(np.uint8), det, seg, op))
+    missing = [b for b in backgrounds if b not in bgs]
+    if missing:
+        ap.error(f"--backgrounds {','.join(missing)}: not available (see the warning above)")
     if not args.no_transplants:
         sites = tuple(x.strip() for x in args.sites.split(",") if x.strip())
-        for case in generate([("lidc", lidc), ("cta", cta)], lesions, per_pair=args.per_pair,
-                             seed=args.seed, sites=sites,
+        n_tp = 0
+        for case in generate([(b, bgs[b][0]) for b in backgrounds], lesions,
+                             per_pair=args.per_pair, seed=args.seed, sites=sites,
                              volume_range_ml=tuple(args.volume_range),
-                             own_lesions={"lidc": nod}):
+                             own_lesions={b: bgs[b][1] for b in backgrounds if b != "cta"}):
             les = case.lesions[0].source
             if case.background == "lidc":
                 group = "tp dev" if les != "pat_4" else "tp mixed"
-            else:
+            elif case.background == "cta":
                 group = "tp held-out" if les == "pat_4" else "tp mixed"
+            else:
+                group = "tp lung1/2 bg"
             labels = case.labels.astype(np.uint8)
             volume = case.volume
             if args.cavitate is not None:
+                # seeded by the case's position after the six cases that were the only
+                # real ones when --cavitate came, so that earlier draws are unchanged
                 volume = cavitate(volume, case.labels > 0, args.cavitate,
-                                  np.random.default_rng([args.seed, len(rows)]))
-            if case.background == "lidc":
-                labels[nod & (labels == 0)] = 200
+                                  np.random.default_rng([args.seed, 6 + n_tp]))
+            n_tp += 1
+            own = bgs[case.background][1]
+            labels[own & (labels == 0)] = 200
             rows.append(score_case(case.name, group, volume, labels, det, seg, op))
             r = rows[-1]
             print(f"  {r.case:36} found {r.found}/{r.n_gt} FP {r.fps} dice {r.union_dice:.3f}",
