@@ -14,6 +14,7 @@ from scipy import ndimage as ndi
 
 from autoprompt_seg.cli import main
 from autoprompt_seg.detect.candidates import CandidatesDetector, CandidatesParams
+from autoprompt_seg.errors import ConfigError
 from autoprompt_seg.synthetic import synthetic_study
 from autoprompt_seg.transplant import LesionSource, lung_map, transplant
 from autoprompt_seg.types import Box3D, OperatingPoint, Volume
@@ -493,6 +494,31 @@ def test_a_small_round_nodule_on_the_mediastinum_is_kept_by_the_small_mass_tier(
     # the tier asks for a rounder, more solid nodule than this one
     assert _kept(chest, small_mass_max_elongation=1.4) == []
     assert _kept(chest, small_mass_min_solidity=0.995) == []
+
+
+def test_a_tier_mass_beside_a_clear_lesion_is_only_listed():
+    """Second masses (v2.9): a compact mass on the mediastinum that only a mass tier
+    lifts to the mass score keeps that level when it is the study's best candidate (the
+    test above); beside a nodule that the fitted score alone finds clear, it falls back
+    to its fitted score and is listed, not segmented - a hilum at 5 mm slices looks just
+    like it. ``mass_only_if_best=0`` turns this off."""
+    from autoprompt_seg.types import OperatingPoint
+
+    chest, mass, _ = _chest_with_mediastinal_mass(radius=9, z_stretch=1.2, x_left=19)
+    z, y, x, cy, cx = _mm_grid(chest)
+    nodule = (z - 120) ** 2 + (y - (cy - 30)) ** 2 + (x - (cx + 95)) ** 2 <= 9 ** 2
+    arr = chest.array.copy()
+    arr[nodule] = 30.0
+    both = chest.with_array(arr)
+    (kept,) = _kept(both)
+    assert _hits(kept, nodule) == int(nodule.sum()) and kept.score > 0.5
+    boxes = CandidatesDetector().detect(both)
+    (listed,) = [b for b in boxes if _hits(b, mass) > 0.8 * int(mass.sum())]
+    assert listed.score < OperatingPoint().min_score  # its fitted score, still reported
+    old = _kept(both, mass_only_if_best=0)
+    assert len(old) == 2 and any(_hits(b, mass) > 0.8 * int(mass.sum()) for b in old)
+    with pytest.raises(ConfigError, match="mass_only_if_best"):
+        CandidatesParams(mass_only_if_best=-1)
 
 
 def test_a_small_part_solid_nodule_is_found_by_its_ground_glass_blob():

@@ -1,4 +1,4 @@
-"""Training-free lung tumour detector (v2.8): lung fields, soft-tissue candidates, anatomy
+"""Training-free lung tumour detector (v2.9): lung fields, soft-tissue candidates, anatomy
 context and a calibrated confidence.
 
 The pipeline works on a coarse grid (block means to about ``work_mm`` in-plane and
@@ -67,6 +67,9 @@ spacing:
    study where no candidate that thick reaches ``mass_score`` (a small nodule may), the
    thickest candidate that passes scores ``mass_score`` (a large tumour wrapped on the
    mediastinum or chest wall, under the other tiers). Gates: docs/benchmarks.md.
+   **Second masses** (v2.9, ``mass_only_if_best``): a candidate that reaches
+   ``mass_score`` only through a tier keeps it only when no candidate of the study scores
+   higher by the logistic model alone; otherwise it is listed with its fitted score.
    Candidates scoring below ``min_score`` (a floor, 0.1) are dropped; at most
    ``max_candidates`` are returned, so the pipeline's operating point (``--min-score``,
    default 0.4) decides which are segmented and which are only listed in report.json.
@@ -100,6 +103,7 @@ from .morphology import (
     closing_edt,
     elongation,
     gas_holes,
+    halo_extent,
     lung_components,
     padded,
     solidity,
@@ -109,7 +113,7 @@ from .morphology import (
 
 log = logging.getLogger(__name__)
 
-VERSION = "2.8.0"
+VERSION = "2.9.0"
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
@@ -169,6 +173,7 @@ class CandidatesParams:
     lone_mass_min_contact: float = 0.4
     ggo_candidates: float = 1
     cavities: float = 1
+    mass_only_if_best: float = 1
     ggo_min_thickness_mm: float = 7.0
     ggo_min_solidity: float = 0.6
     max_median_hu: float = 200.0
@@ -220,6 +225,7 @@ class Candidate:
     structure_in_field: float = 1.0
     extent: tuple[slice, slice, slice] | None = None
     solidity: float = 1.0
+    fitted: float | None = None  # the logistic score alone, before any mass rule
 
 
 #: Logistic weights of the candidate score (see :meth:`CandidatesDetector._score`).
@@ -347,10 +353,12 @@ class CandidatesDetector:
                 cand = None
             if cand is not None:
                 lab[sl][core] = cand.label
-                out.append(replace(cand, extent=self._extent(core, sl, ggo, spacing)))
+                out.append(replace(cand, extent=halo_extent(
+                    core, sl, ggo, spacing, p.halo_mm, p.halo_open_mm, p.min_halo_ratio)))
         if p.ggo_candidates:
             out += self._subsolid(img, smooth, field, lung, lab, plab, psize, pfield,
                                   spacing, len(out))
+        out = self._second_masses(out)
         lone = [c for c in out if self._in_tier(c, "lone_mass_")]
         if lone and not any(c.score >= p.mass_score and c.thickness_mm
                             >= p.lone_mass_min_thickness_mm for c in out):
@@ -361,6 +369,19 @@ class CandidatesDetector:
             out = [replace(c, score=max(c.score, p.mass_score)) if c is best else c
                    for c in out]
         return lab, out
+
+    def _second_masses(self, out: list[Candidate]) -> list[Candidate]:
+        """v2.9 (``mass_only_if_best``): a candidate that reaches ``mass_score`` only
+        through a mass tier keeps that level only when no candidate of the study scores
+        higher by the fitted model alone. Where a lesion is clear on its own, a second
+        compact mass on the mediastinum is more often a hilum (a vessel confluence, at
+        5 mm slices as compact as a tumour) than a second tumour; it is then listed with
+        its fitted score."""
+        if not self.params.mass_only_if_best or not out:
+            return out
+        best = max(c.fitted if c.fitted is not None else c.score for c in out)
+        return [replace(c, score=c.fitted) if c.fitted is not None and c.fitted < c.score < best
+                else c for c in out]
 
     def _too_bright(self, img: FloatArray, mask: BoolArray, label: int) -> bool:
         """Whether the median HU of ``img[mask]`` (unsmoothed working grid) is above
@@ -411,35 +432,6 @@ class CandidatesDetector:
             out.append(replace(cand, extent=cand.bbox))
         return out
 
-    def _extent(self, core: BoolArray, sl: tuple[slice, ...], ggo: BoolArray,
-                spacing: tuple[float, float, float]) -> tuple[slice, slice, slice]:
-        """The box of the core with its ground-glass halo: sub-solid voxels
-        (``ggo_lo_hu .. soft_lo_hu``) joined to the core, at most ``halo_mm`` from it,
-        after an opening with a ball of ``halo_open_mm`` that removes the thin
-        partial-volume rims of vessels. A part-solid lesion's core is only its solid
-        part; the segmenter needs a box that holds the whole lesion."""
-        p = self.params
-        pad = [int(np.ceil(p.halo_mm / sp)) + 1 for sp in spacing]
-        big = tuple(slice(max(0, s.start - q), min(d, s.stop + q))
-                    for s, q, d in zip(sl, pad, ggo.shape, strict=True))
-        c = np.zeros([b.stop - b.start for b in big], dtype=bool)
-        off = [s.start - b.start for s, b in zip(sl, big, strict=True)]
-        c[off[0]:off[0] + core.shape[0], off[1]:off[1] + core.shape[1],
-          off[2]:off[2] + core.shape[2]] = core
-        near = ndi.distance_transform_edt(~c, sampling=spacing) <= p.halo_mm
-        region = ndi.binary_opening((ggo[big] & near) | c, structure=ball(p.halo_open_mm, spacing))
-        region |= c
-        lab, _ = ndi.label(region)
-        ids = np.unique(lab[c])
-        keep = np.isin(lab, ids[ids > 0])
-        log.debug("halo: core %d voxels, with halo %d (ratio %.2f)", int(c.sum()), int(keep.sum()),
-                  keep.sum() / max(c.sum(), 1) - 1)
-        if keep.sum() < (1.0 + p.min_halo_ratio) * c.sum():
-            keep = c  # a solid lesion: the halo is only its partial-volume rim
-        nz = np.nonzero(keep)
-        return tuple(slice(b.start + int(a.min()), b.start + int(a.max()) + 1)
-                     for b, a in zip(big, nz, strict=True))  # type: ignore[return-value]
-
     def _candidate(self, comp: BoolArray, sl: tuple[slice, ...], edt: npt.NDArray[np.float64],
                    lung: BoolArray, plab: npt.NDArray[np.int32], psize: npt.NDArray[np.float64],
                    pfield: npt.NDArray[np.float64], spacing: tuple[float, float, float],
@@ -475,7 +467,7 @@ class CandidatesDetector:
         bbox = tuple(slice(s0.start + int(a.min()), s0.start + int(a.max()) + 1)
                      for s0, a in zip(sl, nzc, strict=False))
         cand = Candidate(label, vol_ml, thick, elong, contact, score, bbox,  # type: ignore[arg-type]
-                         ctx, s_ml, s_in, solidity=sol)
+                         ctx, s_ml, s_in, solidity=sol, fitted=score)
         if any(self._in_tier(cand, t) for t in ("mass_", "large_mass_", "small_mass_")):
             cand = replace(cand, score=max(score, p.mass_score))
         log.debug("candidate %d: %.2f ml, thickness %.1f mm, elongation %.2f, lung contact "

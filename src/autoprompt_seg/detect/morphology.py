@@ -203,3 +203,35 @@ def gas_holes(tissue: BoolArray, img: FloatArray, gas_hu: float,
     ok[0] = False
     out: BoolArray = ok[lab]
     return out
+
+
+def halo_extent(core: BoolArray, sl: tuple[slice, ...], ggo: BoolArray,
+                spacing: tuple[float, float, float], halo_mm: float, halo_open_mm: float,
+                min_halo_ratio: float) -> tuple[slice, slice, slice]:
+    """The box of ``core`` (a mask inside box ``sl`` of the full grid) with its
+    ground-glass halo: voxels of ``ggo`` (full grid) joined to the core, at most
+    ``halo_mm`` from it, after an opening with a ball of ``halo_open_mm`` that removes the
+    thin partial-volume rims of vessels. A part-solid lesion's core is only its solid
+    part; the segmenter needs a box that holds the whole lesion. A halo under
+    ``min_halo_ratio`` times the core is a solid lesion's partial-volume rim: the box is
+    then the core's."""
+    pad = [int(np.ceil(halo_mm / sp)) + 1 for sp in spacing]
+    big = tuple(slice(max(0, s.start - q), min(d, s.stop + q))
+                for s, q, d in zip(sl, pad, ggo.shape, strict=True))
+    c = np.zeros([b.stop - b.start for b in big], dtype=bool)
+    off = [s.start - b.start for s, b in zip(sl, big, strict=True)]
+    c[off[0]:off[0] + core.shape[0], off[1]:off[1] + core.shape[1],
+      off[2]:off[2] + core.shape[2]] = core
+    near = ndi.distance_transform_edt(~c, sampling=spacing) <= halo_mm
+    region = ndi.binary_opening((ggo[big] & near) | c, structure=ball(halo_open_mm, spacing))
+    region |= c
+    lab, _ = ndi.label(region)
+    ids = np.unique(lab[c])
+    keep = np.isin(lab, ids[ids > 0])
+    log.debug("halo: core %d voxels, with halo %d (ratio %.2f)", int(c.sum()), int(keep.sum()),
+              keep.sum() / max(c.sum(), 1) - 1)
+    if keep.sum() < (1.0 + min_halo_ratio) * c.sum():
+        keep = c  # a solid lesion: the halo is only its partial-volume rim
+    nz = np.nonzero(keep)
+    return tuple(slice(b.start + int(a.min()), b.start + int(a.max()) + 1)  # type: ignore[return-value]
+                 for b, a in zip(big, nz, strict=True))
