@@ -13,6 +13,9 @@ Per study it prints the Dice of the union of predicted lesions against the GT (M
 ``compute_dice``), whether the tumour was detected (a predicted lesion overlaps the GT),
 the number of false-positive lesions (predicted lesions that do not overlap the GT) and
 the time. ``--no-tumour PATH`` adds a false-positive count on a CT without tumour.
+``--wholechest`` adds PyRadiomics' two whole-chest test cases (``lung1``, ``lung2``: 5 mm
+slices, one labelled lesion each; :func:`autoprompt_seg.data.fetch_wholechest_cases`), so
+automatic and manual prompts can be compared on whole chests too.
 
 Example::
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +105,14 @@ def count_hits(lesions: list[LesionMask], gt: npt.NDArray[np.bool_]) -> tuple[bo
     return hit, fps
 
 
+def pycerr_case(folder: Path) -> tuple[Volume, npt.NDArray[np.bool_]]:
+    volume, _ = load_study(folder)
+    rs = find_rtstruct(folder)
+    if rs is None:
+        raise SystemExit(f"{folder}: no RTSTRUCT")
+    return volume, load_roi_mask(rs, volume, GTV_ROI)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--detector", default="candidates")
@@ -110,6 +122,9 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=None, help="demo data cache folder")
     ap.add_argument("--no-tumour", type=Path, default=None,
                     help="a CT without tumour (NIfTI/NRRD or DICOM folder) for an FP count")
+    ap.add_argument("--wholechest", action="store_true",
+                    help="also PyRadiomics' whole-chest cases lung1 and lung2 (downloaded "
+                         "into the cache on first use)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="BACKEND.KEY=VALUE",
                     help="override a backend parameter, e.g. candidates.min_score=0.7 "
@@ -145,12 +160,20 @@ def main() -> None:
     segmenter = registry.get("segmenter", args.segmenter).create(settings)
     root = fetch_pycerr(settings.cache_dir)
     rows: list[Row] = []
+    cases: list[tuple[str, Callable[[], tuple[Volume, npt.NDArray[np.bool_]]]]] = []
     for pat in [p.strip() for p in args.patients.split(",") if p.strip()]:
-        volume, _ = load_study(root / pat)
-        rs = find_rtstruct(root / pat)
-        if rs is None:
-            raise SystemExit(f"{root / pat}: no RTSTRUCT")
-        gt = load_roi_mask(rs, volume, GTV_ROI)
+        cases.append((pat, lambda pat=pat: pycerr_case(root / pat)))  # type: ignore[misc]
+    if args.wholechest:
+        from autoprompt_seg.data import WHOLECHEST_CASES, fetch_wholechest_cases
+        from autoprompt_seg.io.image import load_image
+
+        wc = fetch_wholechest_cases(settings.cache_dir)
+        for name in WHOLECHEST_CASES:
+            cases.append((name, lambda name=name: (  # type: ignore[misc]
+                load_image(wc / f"{name}_image.nrrd"),
+                load_image(wc / f"{name}_label.nrrd").array > 0)))
+    for pat, load in cases:
+        volume, gt = load()
         for mode in modes:
             t0 = time.perf_counter()
             if mode == "auto":
