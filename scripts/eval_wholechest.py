@@ -5,10 +5,12 @@ Cases (each scored as ``autoseg predict`` would write it, at the default operati
 
 * ``real``: the four pycerr lung tumour crops (RTSTRUCT GTV-1), LIDC-IDRI-0314 (whole
   chest; its one known nodule, box z 152-169 y 232-255 x 173-196, is the ground truth,
-  thresholded at -500 HU inside that box), the chest CTA without tumour, and PyRadiomics'
+  thresholded at -500 HU inside that box), the chest CTA without tumour, PyRadiomics'
   two whole-chest test cases ``lung1`` and ``lung2`` (5 mm slices, one labelled lesion
   each; :func:`autoprompt_seg.data.fetch_wholechest_cases`, skipped with a warning when
-  they cannot be fetched);
+  they cannot be fetched), and three tumour-free CTs from TotalSegmentator's test files
+  (:func:`autoprompt_seg.data.fetch_no_tumour_cases`: the chest CTA's full field of view,
+  a cropped heart CT, an abdomen-pelvis CT) for false positives;
 * ``transplant``: pycerr tumours inserted into LIDC-0314 and the CTA (and, with
   ``--backgrounds``, into lung1 and lung2) (:mod:`autoprompt_seg.transplant`, seeded). The
   detector's score was fitted on LIDC x pat_1..pat_3 (``dev``); CTA x pat_4 saw neither
@@ -48,6 +50,7 @@ from autoprompt_seg.data import (
     GTV_ROI,
     PYCERR_PATIENTS,
     WHOLECHEST_CASES,
+    fetch_no_tumour_cases,
     fetch_pycerr,
     fetch_wholechest_cases,
 )
@@ -248,6 +251,15 @@ def main() -> None:
             bgs[name] = (vol, gt_pr)
             rows.append(score_case(f"PyRadiomics {name}", "real whole chest", vol,
                                    gt_pr.astype(np.uint8), det, seg, op))
+    try:
+        extra = fetch_no_tumour_cases(settings.cache_dir)
+    except UnavailableError as e:
+        print(f"warning: TotalSegmentator's tumour-free CTs skipped: {e}", file=sys.stderr)
+    else:
+        for name, path in extra.items():
+            vol = load_image(path)
+            rows.append(score_case(name, "real no tumour", vol, np.zeros(vol.shape, np.uint8),
+                                   det, seg, op))
     missing = [b for b in backgrounds if b not in bgs]
     if missing:
         ap.error(f"--backgrounds {','.join(missing)}: not available (see the warning above)")

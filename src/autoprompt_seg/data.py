@@ -32,6 +32,13 @@ DEMO_PATIENT = "pat_4"
 GTV_ROI = "GTV-1"
 PYRADIOMICS_VERSION = "3.1.4"
 WHOLECHEST_CASES = ("lung1", "lung2")
+TOTALSEG_VERSION = "2.18.0"
+#: tumour-free CTs of TotalSegmentator's test files: name -> path below tests/reference_files/
+NO_TUMOUR_CASES = {
+    "chest CTA, full field": "aorta_report/example_ct.nii.gz",
+    "heart CT, cropped": "pulmonary_report/models/ct_cropped.nii.gz",
+    "abdomen and pelvis CT": "example_ct.nii.gz",
+}
 
 
 def pycerr_dir(cache_dir: Path) -> Path:
@@ -65,27 +72,54 @@ def fetch_wholechest_cases(cache_dir: Path) -> Path:
                    f"pyradiomics_bhklab-{PYRADIOMICS_VERSION}/data/", target,
                    lambda t: all((t / f"{c}_{k}.nrrd").is_file() for c in WHOLECHEST_CASES
                                  for k in ("image", "label")),
-                   "the whole-chest cases", keep=lambda name: name.startswith("lung"))
+                   "the whole-chest cases", keep=lambda name: name.startswith("lung"),
+                   sdist=True)
     return target
+
+
+def no_tumour_dir(cache_dir: Path) -> Path:
+    return Path(cache_dir) / f"totalsegmentator-{TOTALSEG_VERSION}" / "reference_files"
+
+
+def fetch_no_tumour_cases(cache_dir: Path) -> dict[str, Path]:
+    """Three tumour-free CTs from the test files in the sdist of ``TotalSegmentator``
+    (Apache-2.0; images from the TotalSegmentator data set, CC BY 4.0), downloaded on
+    first use: the full field of view of the chest CTA that ``../shared`` holds cropped
+    (1.5 mm, chest and upper abdomen), a cropped contrast heart CT of the pulmonary
+    report test (1.5 mm) and an abdomen-pelvis CT (3 mm). For false-positive counts in
+    evaluation scripts, not for tests."""
+    target = no_tumour_dir(cache_dir)
+    _fetch_members(f"totalsegmentator=={TOTALSEG_VERSION}",
+                   f"totalsegmentator-{TOTALSEG_VERSION}.tar.gz",
+                   f"totalsegmentator-{TOTALSEG_VERSION}/tests/reference_files/", target,
+                   lambda t: all((t / rel).is_file() for rel in NO_TUMOUR_CASES.values()),
+                   "the tumour-free CTs", keep=lambda name: name in NO_TUMOUR_CASES.values(),
+                   sdist=True)
+    return {name: target / rel for name, rel in NO_TUMOUR_CASES.items()}
 
 
 def _fetch_members(spec: str, pattern: str, prefix: str, target: Path,
                    complete: Callable[[Path], bool], what: str,
-                   keep: Callable[[str], bool] = lambda name: True) -> None:
-    """Download the distribution ``spec`` with pip (a wheel or an sdist matching
-    ``pattern``) and unpack its files under ``prefix`` (those whose path below it passes
-    ``keep``) into ``target``, unless ``complete(target)`` already holds."""
+                   keep: Callable[[str], bool] = lambda name: True, sdist: bool = False) -> None:
+    """Download the distribution ``spec`` with pip (a wheel or, with ``sdist``, its
+    source archive; the file matching ``pattern``) and unpack its files under ``prefix``
+    (those whose path below it passes ``keep``) into ``target``, unless
+    ``complete(target)`` already holds."""
     if complete(target):
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "-q", spec, "-d", tmp]
+        if sdist:
+            cmd[4:4] = ["--no-binary", spec.split("==")[0]]
         log.info("fetching %s: %s", what, " ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True)
         files = list(Path(tmp).glob(pattern))
         if proc.returncode != 0 or not files:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["nothing downloaded"]
+            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines()
+                     if ln.strip() and not ln.startswith("WARNING")]
+            tail = lines[-1:] or ["nothing downloaded"]
             raise UnavailableError(f"cannot download {spec} for {what} (pip: {tail[0]}); "
                                    "check the network or pip's index")
         staging = Path(tmp) / "unpacked"
