@@ -208,8 +208,8 @@ def gas_holes(tissue: BoolArray, img: FloatArray, gas_hu: float,
 def halo_extent(core: BoolArray, sl: tuple[slice, ...], ggo: BoolArray,
                 spacing: tuple[float, float, float], halo_mm: float, halo_open_mm: float,
                 min_halo_ratio: float) -> tuple[slice, slice, slice]:
-    """The box of ``core`` (a mask inside box ``sl`` of the full grid) with its
-    ground-glass halo: voxels of ``ggo`` (full grid) joined to the core, at most
+    """The box of ``core`` (a mask inside box ``sl`` of the grid) with its ground-glass
+    halo: voxels of ``ggo`` (a mask of the whole grid) joined to the core, at most
     ``halo_mm`` from it, after an opening with a ball of ``halo_open_mm`` that removes the
     thin partial-volume rims of vessels. A part-solid lesion's core is only its solid
     part; the segmenter needs a box that holds the whole lesion. A halo under
