@@ -26,6 +26,10 @@ found lesions (GT lesion against the predicted lesions that overlap it), detecto
 deeper than ``max(WALL_MM, half its greatest depth)`` becomes gas (-990 +- 20 HU), and
 the ground truth keeps the whole lesion, cavity included (as a GTV does).
 
+``--sweep 0.45,0.5`` also prints the group totals at those operating points, from the same
+run: the lesions that score at least each. The segmenter prompts each box on its own, so
+that is what a run at that operating point would write.
+
 Example (the whole-chest data are the project's ``../shared/data``)::
 
     python scripts/eval_wholechest.py --shared ../shared/data --per-pair 3
@@ -127,19 +131,14 @@ class Row:
     n_not_segmented: int
 
 
-def score_case(name: str, group: str, volume: Volume, gt_labels: npt.NDArray[np.integer],
-               det: object, seg: object, op: object) -> Row:
-    t0 = time.perf_counter()
-    if op is None:
-        pred = pipeline.run(volume, det, seg)  # type: ignore[arg-type]
-    else:
-        pred = pipeline.run(volume, det, seg, operating_point=op)  # type: ignore[arg-type]
-    det_s = pred.timings.get("detect_s", time.perf_counter() - t0)
+def tally(name: str, group: str, volume: Volume, gt_labels: npt.NDArray[np.integer],
+          lesions: tuple, det_s: float, n_not_segmented: int) -> Row:
+    """One case's row from the lesions that were written (``lesions``)."""
     gt_ids = [int(i) for i in np.unique(gt_labels) if i]
     found, dices = 0, []
     for g in gt_ids:
         gm = gt_labels == g
-        hits = [les for les in pred.lesions if (gm[les.slices()] & les.mask).any()]
+        hits = [les for les in lesions if (gm[les.slices()] & les.mask).any()]
         if hits:
             found += 1
             pm = np.zeros(volume.shape, dtype=bool)
@@ -147,10 +146,46 @@ def score_case(name: str, group: str, volume: Volume, gt_labels: npt.NDArray[np.
                 pm[les.slices()] |= les.mask
             dices.append(dice(pm, gm))
     gt_any = gt_labels > 0
-    fps = sum(1 for les in pred.lesions if not (gt_any[les.slices()] & les.mask).any())
-    return Row(name, group, len(gt_ids), found, fps, dice(pred.union_mask(), gt_any),
-               float(np.mean(dices)) if dices else float("nan"), det_s,
-               len(getattr(pred, "not_segmented", ())))
+    fps = sum(1 for les in lesions if not (gt_any[les.slices()] & les.mask).any())
+    union = np.zeros(volume.shape, dtype=bool)
+    for les in lesions:
+        union[les.slices()] |= les.mask
+    return Row(name, group, len(gt_ids), found, fps, dice(union, gt_any),
+               float(np.mean(dices)) if dices else float("nan"), det_s, n_not_segmented)
+
+
+def score_case(name: str, group: str, volume: Volume, gt_labels: npt.NDArray[np.integer],
+               det: object, seg: object, op: object,
+               sweep: tuple[float, ...] = ()) -> tuple[Row, dict[float, Row]]:
+    """The case's row at the operating point ``op``, and one row per threshold of
+    ``sweep`` (each at least ``op.min_score``): the lesions scoring at least it. The
+    segmenter prompts each box on its own, so that is what a run at that threshold writes."""
+    t0 = time.perf_counter()
+    if op is None:
+        pred = pipeline.run(volume, det, seg)  # type: ignore[arg-type]
+    else:
+        pred = pipeline.run(volume, det, seg, operating_point=op)  # type: ignore[arg-type]
+    det_s = pred.timings.get("detect_s", time.perf_counter() - t0)
+    n_not = len(getattr(pred, "not_segmented", ()))
+    row = tally(name, group, volume, gt_labels, pred.lesions, det_s, n_not)
+    swept = {t: tally(name, group, volume, gt_labels,
+                      tuple(les for les in pred.lesions if les.score >= t), det_s, n_not)
+             for t in sweep}
+    return row, swept
+
+
+def print_groups(rows: list[Row]) -> None:
+    """Lesion sensitivity, false positives per study, Dice and detector time per group."""
+    for group in dict.fromkeys(r.group for r in rows):
+        rr = [r for r in rows if r.group == group]
+        n_gt = sum(r.n_gt for r in rr)
+        sens = sum(r.found for r in rr) / n_gt if n_gt else float("nan")
+        md = [r.matched_dice for r in rr if r.found]
+        print(f"{group:20} cases {len(rr):3d}  lesion sensitivity {sens:6.1%} "
+              f"({sum(r.found for r in rr)}/{n_gt})  FPs/study {np.mean([r.fps for r in rr]):.2f}"
+              f"  union Dice {np.mean([r.union_dice for r in rr]):.3f}  matched Dice "
+              f"{(np.mean(md) if md else float('nan')):.3f}  detector "
+              f"{np.mean([r.det_s for r in rr]):.2f} s")
 
 
 def main() -> None:
@@ -171,6 +206,10 @@ def main() -> None:
     ap.add_argument("--min-score", type=float, default=None,
                     help="operating point (default: the product's)")
     ap.add_argument("--max-lesions", type=int, default=None)
+    ap.add_argument("--sweep", default="", metavar="T1,T2,...",
+                    help="also print the group totals at these operating points (each at "
+                         "least --min-score), from the same run: the lesions scoring at "
+                         "least each")
     ap.add_argument("--slice-mm", type=float, default=None,
                     help="resample LIDC-0314 and the CTA (and so the transplanted cases) to "
                          "this slice spacing, e.g. 3 or 5 as in thick-slice NSCLC studies")
@@ -218,6 +257,17 @@ def main() -> None:
         args.max_lesions = op.max_lesions if args.max_lesions is None else args.max_lesions
         op = OperatingPoint(min_score=args.min_score, max_lesions=args.max_lesions)
     rows: list[Row] = []
+    sweep = tuple(sorted({float(t) for t in args.sweep.split(",") if t.strip()}))
+    if op is not None and any(t < args.min_score for t in sweep):
+        ap.error(f"--sweep thresholds must be at least --min-score {args.min_score}; "
+                 f"got {args.sweep!r}")
+    swept: dict[float, list[Row]] = {t: [] for t in sweep}
+
+    def add(result: tuple[Row, dict[float, Row]]) -> None:
+        rows.append(result[0])
+        for t, r in result[1].items():
+            swept[t].append(r)
+
     root = fetch_pycerr(settings.cache_dir)
     lesions = []
     for pat in PYCERR_PATIENTS:
@@ -226,7 +276,7 @@ def main() -> None:
         assert rs is not None, pat
         gt = load_roi_mask(rs, vol, GTV_ROI)
         lesions.append(LesionSource.from_volume(pat, vol, gt))
-        rows.append(score_case(pat, "real pycerr", vol, gt.astype(np.uint8), det, seg, op))
+        add(score_case(pat, "real pycerr", vol, gt.astype(np.uint8), det, seg, op, sweep))
     lidc, _ = load_study(args.shared / "lidc_idri_0314_dicom")
     cta = load_image(args.shared / "chest_cta_no_tumour.nii.gz")
     z_scale = 1.0
@@ -234,10 +284,10 @@ def main() -> None:
         z_scale = lidc.spacing[0] / args.slice_mm
         lidc, cta = resample_slices(lidc, args.slice_mm), resample_slices(cta, args.slice_mm)
     nod = lidc_nodule(lidc, z_scale)
-    rows.append(score_case("LIDC-0314", "real whole chest", lidc, nod.astype(np.uint8),
-                           det, seg, op))
-    rows.append(score_case("CTA (no tumour)", "real whole chest", cta,
-                           np.zeros(cta.shape, np.uint8), det, seg, op))
+    add(score_case("LIDC-0314", "real whole chest", lidc, nod.astype(np.uint8),
+                           det, seg, op, sweep))
+    add(score_case("CTA (no tumour)", "real whole chest", cta,
+                           np.zeros(cta.shape, np.uint8), det, seg, op, sweep))
     bgs: dict[str, tuple[Volume, npt.NDArray[np.bool_]]] = {
         "lidc": (lidc, nod), "cta": (cta, np.zeros(cta.shape, dtype=bool))}
     try:
@@ -249,8 +299,8 @@ def main() -> None:
             vol = load_image(pyrad / f"{name}_image.nrrd")
             gt_pr = load_image(pyrad / f"{name}_label.nrrd").array > 0
             bgs[name] = (vol, gt_pr)
-            rows.append(score_case(f"PyRadiomics {name}", "real whole chest", vol,
-                                   gt_pr.astype(np.uint8), det, seg, op))
+            add(score_case(f"PyRadiomics {name}", "real whole chest", vol,
+                                   gt_pr.astype(np.uint8), det, seg, op, sweep))
     try:
         extra = fetch_no_tumour_cases(settings.cache_dir)
     except UnavailableError as e:
@@ -258,8 +308,8 @@ def main() -> None:
     else:
         for name, path in extra.items():
             vol = load_image(path)
-            rows.append(score_case(name, "real no tumour", vol, np.zeros(vol.shape, np.uint8),
-                                   det, seg, op))
+            add(score_case(name, "real no tumour", vol, np.zeros(vol.shape, np.uint8),
+                                   det, seg, op, sweep))
     missing = [b for b in backgrounds if b not in bgs]
     if missing:
         ap.error(f"--backgrounds {','.join(missing)}: not available (see the warning above)")
@@ -287,7 +337,7 @@ def main() -> None:
             n_tp += 1
             own = bgs[case.background][1]
             labels[own & (labels == 0)] = 200
-            rows.append(score_case(case.name, group, volume, labels, det, seg, op))
+            add(score_case(case.name, group, volume, labels, det, seg, op, sweep))
             r = rows[-1]
             print(f"  {r.case:36} found {r.found}/{r.n_gt} FP {r.fps} dice {r.union_dice:.3f}",
                   flush=True)
@@ -302,16 +352,14 @@ def main() -> None:
             print(f"{r.case:36} {r.group:16} {r.found:>3}/{r.n_gt:<3} {r.fps:4d} "
                   f"{r.union_dice:10.3f} {r.matched_dice:12.3f} {r.det_s:6.2f}")
     print("-" * len(hdr))
-    for group in dict.fromkeys(r.group for r in rows):
-        rr = [r for r in rows if r.group == group]
-        n_gt = sum(r.n_gt for r in rr)
-        sens = sum(r.found for r in rr) / n_gt if n_gt else float("nan")
-        md = [r.matched_dice for r in rr if r.found]
-        print(f"{group:20} cases {len(rr):3d}  lesion sensitivity {sens:6.1%} "
-              f"({sum(r.found for r in rr)}/{n_gt})  FPs/study {np.mean([r.fps for r in rr]):.2f}"
-              f"  union Dice {np.mean([r.union_dice for r in rr]):.3f}  matched Dice "
-              f"{(np.mean(md) if md else float('nan')):.3f}  detector "
-              f"{np.mean([r.det_s for r in rr]):.2f} s")
+    print_groups(rows)
+    for t, rr in swept.items():
+        print(f"\nmin_score={t} (the same run's lesions scoring at least {t})")
+        for r0, r in zip(rows, rr):  # the cases that differ from --min-score's
+            if (r.found, r.fps) != (r0.found, r0.fps):
+                print(f"  {r.case:36} found {r0.found}->{r.found}/{r.n_gt} "
+                      f"FP {r0.fps}->{r.fps} dice {r0.union_dice:.3f}->{r.union_dice:.3f}")
+        print_groups(rr)
 
 
 if __name__ == "__main__":

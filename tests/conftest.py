@@ -32,6 +32,20 @@ def pycerr_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def wholechest_root() -> Path:
+    """Folder with PyRadiomics' real whole-chest CTs lung1/lung2 (image and label NRRD)."""
+    from autoprompt_seg.data import fetch_wholechest_cases
+    from autoprompt_seg.errors import UnavailableError
+
+    try:
+        return fetch_wholechest_cases(_cache_dir())
+    except UnavailableError as e:  # pragma: no cover - only without network and cache
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"whole-chest test data unavailable: {e}")
+
+
+@pytest.fixture(scope="session")
 def pat4_dir(pycerr_root: Path) -> Path:
     return pycerr_root / "pat_4"
 

@@ -251,7 +251,7 @@ class BackendInfo:
 
 
 #: The default operating point (see docs/benchmarks.md, "Automatic prompts on whole-chest CT").
-DEFAULT_MIN_SCORE = 0.4
+DEFAULT_MIN_SCORE = 0.45
 DEFAULT_MAX_LESIONS = 5
 
 

@@ -72,7 +72,7 @@ spacing:
    higher by the logistic model alone; otherwise it is listed with its fitted score.
    Candidates scoring below ``min_score`` (a floor, 0.1) are dropped; at most
    ``max_candidates`` are returned, so the pipeline's operating point (``--min-score``,
-   default 0.4) decides which are segmented and which are only listed in report.json.
+   default 0.45) decides which are segmented and which are only listed in report.json.
 6. **Boxes**: one :class:`Box3D` per component, mapped back to the original grid, with
    the key slice at the component's largest cross-section. A part-solid lesion's core is
    only its solid part, so the box also holds the core's ground-glass halo (voxels of
