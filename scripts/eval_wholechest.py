@@ -27,8 +27,9 @@ deeper than ``max(WALL_MM, half its greatest depth)`` becomes gas (-990 +- 20 HU
 the ground truth keeps the whole lesion, cavity included (as a GTV does).
 
 ``--sweep 0.45,0.5`` also prints the group totals at those operating points, from the same
-run: the lesions that score at least each. The segmenter prompts each box on its own, so
-that is what a run at that operating point would write.
+run: the lesions that score at least each. A lesion's mask does not depend on the boxes
+that score lower (``classical`` segments each box on its own and gives a voxel that two
+lesions claim to the higher score), so that is what a run at that operating point writes.
 
 Example (the whole-chest data are the project's ``../shared/data``)::
 
@@ -158,8 +159,8 @@ def score_case(name: str, group: str, volume: Volume, gt_labels: npt.NDArray[np.
                det: object, seg: object, op: object,
                sweep: tuple[float, ...] = ()) -> tuple[Row, dict[float, Row]]:
     """The case's row at the operating point ``op``, and one row per threshold of
-    ``sweep`` (each at least ``op.min_score``): the lesions scoring at least it. The
-    segmenter prompts each box on its own, so that is what a run at that threshold writes."""
+    ``sweep`` (each at least ``op.min_score``): the lesions scoring at least it (a
+    lesion's mask does not depend on lower-scoring boxes; see the module docstring)."""
     t0 = time.perf_counter()
     if op is None:
         pred = pipeline.run(volume, det, seg)  # type: ignore[arg-type]
