@@ -17,32 +17,30 @@ def _cache_dir() -> Path:
     return default_cache_dir()
 
 
-@pytest.fixture(scope="session")
-def pycerr_root() -> Path:
-    """Folder with pat_1..pat_4 (real lung tumour CTs with RTSTRUCT GTV-1)."""
-    from autoprompt_seg.data import fetch_pycerr
+def _fetch_or_skip(fetch_name: str, what: str) -> Path:
+    """``autoprompt_seg.data.<fetch_name>`` into the cache; without network and cache the
+    test is skipped, except in CI, where that is an error."""
+    from autoprompt_seg import data
     from autoprompt_seg.errors import UnavailableError
 
     try:
-        return fetch_pycerr(_cache_dir())
+        return getattr(data, fetch_name)(_cache_dir())
     except UnavailableError as e:  # pragma: no cover - only without network and cache
         if os.environ.get("CI"):
             raise
-        pytest.skip(f"demo data unavailable: {e}")
+        pytest.skip(f"{what} unavailable: {e}")
+
+
+@pytest.fixture(scope="session")
+def pycerr_root() -> Path:
+    """Folder with pat_1..pat_4 (real lung tumour CTs with RTSTRUCT GTV-1)."""
+    return _fetch_or_skip("fetch_pycerr", "demo data")
 
 
 @pytest.fixture(scope="session")
 def wholechest_root() -> Path:
     """Folder with PyRadiomics' real whole-chest CTs lung1/lung2 (image and label NRRD)."""
-    from autoprompt_seg.data import fetch_wholechest_cases
-    from autoprompt_seg.errors import UnavailableError
-
-    try:
-        return fetch_wholechest_cases(_cache_dir())
-    except UnavailableError as e:  # pragma: no cover - only without network and cache
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"whole-chest test data unavailable: {e}")
+    return _fetch_or_skip("fetch_wholechest_cases", "whole-chest test data")
 
 
 @pytest.fixture(scope="session")
