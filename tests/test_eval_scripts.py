@@ -1,0 +1,42 @@
+"""scripts/eval_wholechest.py: the totals it prints at other operating points (--sweep),
+from one run, are those of a run at that operating point."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from autoprompt_seg import registry
+from autoprompt_seg.config import Settings
+from autoprompt_seg.synthetic import synthetic_chest
+from autoprompt_seg.types import OperatingPoint, Volume
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import eval_wholechest  # noqa: E402
+
+
+def test_a_swept_operating_point_scores_like_a_run_at_it(tmp_path):
+    chest = synthetic_chest(shape=(40, 160, 160), spacing=(2.5, 1.5, 1.5), n_tumours=2,
+                            seed=3, tumour_radius_mm=(10.0, 8.0))
+    vol = Volume(array=chest.hu, spacing=chest.spacing, origin=(0.0, 0.0, 0.0),
+                 direction=np.eye(3))
+    settings = Settings(cache_dir=tmp_path)
+    det = registry.get("detector", "candidates").create(settings)
+    seg = registry.get("segmenter", "classical").create(settings)
+    gt = chest.labels.astype(np.uint8)
+    scores = sorted(b.score for b in det.detect(vol))
+    assert len(scores) == 2 and scores[0] < scores[1], scores  # the two tumours
+    between = round((scores[0] + scores[1]) / 2, 3)
+
+    def key(r: eval_wholechest.Row) -> tuple:
+        return r.found, r.fps, round(r.union_dice, 6), round(r.matched_dice, 6)
+
+    low, swept = eval_wholechest.score_case("s", "g", vol, gt, det, seg,
+                                            OperatingPoint(min_score=0.0), (0.0, between))
+    at, _ = eval_wholechest.score_case("s", "g", vol, gt, det, seg,
+                                       OperatingPoint(min_score=between))
+    assert key(swept[0.0]) == key(low)
+    assert key(swept[between]) == key(at)
+    assert at.found == low.found - 1  # the sweep did leave a lesion out
