@@ -89,7 +89,9 @@ class DetectorTrainConfig:
     base_features: int = 16
     max_features: int = 128
     max_stages: int = 5
-    da_processes: int | None = None  # None: 1 on CPU, min(8, cores) on CUDA
+    # None: 0 on CPU (nnU-Net's SingleThreadedAugmenter, in the training process, which
+    # the seed drives; its worker processes draw their own seeds), min(8, cores) on CUDA
+    da_processes: int | None = None
     threads: int = 0
     work_dir: Path | None = None  # default OUT.work (kept for inspection)
     register: bool = False
@@ -121,8 +123,8 @@ class DetectorTrainConfig:
             raise ConfigError(f"Argument 'roi_name' must be a non-empty string; got "
                               f"{self.roi_name!r}")
         if self.da_processes is not None and (not isinstance(self.da_processes, int)
-                                              or self.da_processes < 1):
-            raise ConfigError(f"Argument 'da_processes' must be an integer >= 1; got "
+                                              or self.da_processes < 0):
+            raise ConfigError(f"Argument 'da_processes' must be an integer >= 0; got "
                               f"{self.da_processes!r}")
 
 
@@ -267,6 +269,10 @@ def _worker(job_path: Path) -> None:
     trainer_cls.iterations = job["iterations_per_epoch"]
     trainer_cls.val_iterations = job["val_iterations"]
     trainer_cls.lr = job["initial_lr"]
+    if job.get("da_processes") == 0:
+        # in-process augmentation; set only now, as nnU-Net's planner needs a positive count
+        # (this is the worker subprocess; its parent's environment is untouched)
+        os.environ["nnUNet_n_proc_DA"] = "0"
     trainer = trainer_cls(plans=plans, configuration=CONFIGURATION, fold=FOLD,
                           dataset_json=dataset_json, device=torch.device(job["device"]))
     trainer.run_training()
@@ -333,18 +339,19 @@ def train_detector(cfg: DetectorTrainConfig) -> TrainResult:
         p.mkdir(parents=True)
     n = convert_dataset(cfg.data, raw_root / DATASET_NAME, cfg.roi_name)
     da = cfg.da_processes if cfg.da_processes is not None else \
-        (1 if device == "cpu" else min(8, os.cpu_count() or 1))
+        (0 if device == "cpu" else min(8, os.cpu_count() or 1))
     job = {"epochs": cfg.epochs, "iterations_per_epoch": cfg.iterations_per_epoch,
            "val_iterations": cfg.val_iterations, "target_spacing_mm": cfg.target_spacing_mm,
            "base_features": cfg.base_features, "max_features": cfg.max_features,
            "max_stages": cfg.max_stages, "device": device, "threads": cfg.threads,
-           "seed": cfg.seed, "initial_lr": float(cfg.initial_lr), "augment": cfg.augment}
+           "seed": cfg.seed, "initial_lr": float(cfg.initial_lr), "augment": cfg.augment,
+           "da_processes": da}
     job_path = work / "job.json"
     job_path.write_text(json.dumps(job))
     # nnU-Net's folders are given to the subprocess only; os.environ stays untouched.
     env = dict(os.environ)
     env.update(nnUNet_raw=str(raw_root), nnUNet_preprocessed=str(pre_root),
-               nnUNet_results=str(res_root), nnUNet_n_proc_DA=str(da),
+               nnUNet_results=str(res_root), nnUNet_n_proc_DA=str(max(1, da)),
                nnUNet_compile="f" if device == "cpu" else env.get("nnUNet_compile", "t"),
                PYTHONUNBUFFERED="1")
     if cfg.threads:
