@@ -158,6 +158,7 @@ def nnunet_classes(augment: bool = True) -> tuple[Any, Any]:
     from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import (
         nnUNetTrainerNoDA,
     )
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     base: type = nnUNetTrainer if augment else nnUNetTrainerNoDA
 
@@ -180,6 +181,17 @@ def nnunet_classes(augment: bool = True) -> tuple[Any, Any]:
             self.UNet_max_features_2d = self.max_features
             self.UNet_blocks_per_stage_decoder = (1,) * 13
             self._final_save = False
+
+        @staticmethod
+        def static_estimate_VRAM_usage(patch_size: tuple[int, ...], input_channels: int,
+                                       output_channels: int, arch_class_name: str,
+                                       arch_kwargs: dict[str, Any],
+                                       arch_kwargs_req_import: tuple[str, ...]) -> Any:
+            """nnU-Net's estimate without its ``torch.set_num_threads(nnUNet_n_proc_DA)``,
+            which fails when augmentation runs in the training process (0 workers)."""
+            net = get_network_from_plans(arch_class_name, arch_kwargs, arch_kwargs_req_import,
+                                         input_channels, output_channels, allow_init=False)
+            return net.compute_conv_feature_map_size(patch_size)
 
         def get_plans_for_configuration(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
             plan: dict[str, Any] = super().get_plans_for_configuration(*args, **kwargs)
@@ -269,10 +281,6 @@ def _worker(job_path: Path) -> None:
     trainer_cls.iterations = job["iterations_per_epoch"]
     trainer_cls.val_iterations = job["val_iterations"]
     trainer_cls.lr = job["initial_lr"]
-    if job.get("da_processes") == 0:
-        # in-process augmentation; set only now, as nnU-Net's planner needs a positive count
-        # (this is the worker subprocess; its parent's environment is untouched)
-        os.environ["nnUNet_n_proc_DA"] = "0"
     trainer = trainer_cls(plans=plans, configuration=CONFIGURATION, fold=FOLD,
                           dataset_json=dataset_json, device=torch.device(job["device"]))
     trainer.run_training()
@@ -344,14 +352,13 @@ def train_detector(cfg: DetectorTrainConfig) -> TrainResult:
            "val_iterations": cfg.val_iterations, "target_spacing_mm": cfg.target_spacing_mm,
            "base_features": cfg.base_features, "max_features": cfg.max_features,
            "max_stages": cfg.max_stages, "device": device, "threads": cfg.threads,
-           "seed": cfg.seed, "initial_lr": float(cfg.initial_lr), "augment": cfg.augment,
-           "da_processes": da}
+           "seed": cfg.seed, "initial_lr": float(cfg.initial_lr), "augment": cfg.augment}
     job_path = work / "job.json"
     job_path.write_text(json.dumps(job))
     # nnU-Net's folders are given to the subprocess only; os.environ stays untouched.
     env = dict(os.environ)
     env.update(nnUNet_raw=str(raw_root), nnUNet_preprocessed=str(pre_root),
-               nnUNet_results=str(res_root), nnUNet_n_proc_DA=str(max(1, da)),
+               nnUNet_results=str(res_root), nnUNet_n_proc_DA=str(da),
                nnUNet_compile="f" if device == "cpu" else env.get("nnUNet_compile", "t"),
                PYTHONUNBUFFERED="1")
     if cfg.threads:
