@@ -66,7 +66,7 @@ from autoprompt_seg.io.rtstruct import find_rtstruct, load_roi_mask
 from autoprompt_seg.types import Volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_real import dice  # noqa: E402  (MONAI's compute_dice, 1.0 when both are empty)
+from eval_real import dice, union  # noqa: E402  (dice: MONAI's, 1.0 when both are empty)
 
 try:
     from autoprompt_seg.types import OperatingPoint
@@ -148,10 +148,8 @@ def tally(name: str, group: str, volume: Volume, gt_labels: npt.NDArray[np.integ
             dices.append(dice(pm, gm))
     gt_any = gt_labels > 0
     fps = sum(1 for les in lesions if not (gt_any[les.slices()] & les.mask).any())
-    union = np.zeros(volume.shape, dtype=bool)
-    for les in lesions:
-        union[les.slices()] |= les.mask
-    return Row(name, group, len(gt_ids), found, fps, dice(union, gt_any),
+    return Row(name, group, len(gt_ids), found, fps, dice(union(list(lesions), volume.shape),
+                                                          gt_any),
                float(np.mean(dices)) if dices else float("nan"), det_s, n_not_segmented)
 
 
