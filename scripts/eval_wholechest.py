@@ -21,6 +21,10 @@ Cases (each scored as ``autoseg predict`` would write it, at the default operati
 Per case: GT lesions found (a predicted lesion overlaps them), false-positive lesions
 (overlapping no GT), the Dice of the union as written to the SEG, the mean Dice of the
 found lesions (GT lesion against the predicted lesions that overlap it), detector time.
+The LIDC-0314, lung1 and lung2 backgrounds hold a real lesion of their own, which is part
+of their transplanted cases' ground truth (label ``OWN_LABEL``): the group's ``lesion
+sensitivity`` counts it once per case, so each group also prints ``inserted``, the
+sensitivity to the transplanted tumours alone.
 
 ``--cavitate WALL_MM`` turns each transplanted lesion into a cavitating one: the part
 deeper than ``max(WALL_MM, half its greatest depth)`` becomes gas (-990 +- 20 HU), and
@@ -74,6 +78,8 @@ except ImportError:  # the previous detector's tree (no operating point: it cut 
     OperatingPoint = None  # type: ignore[assignment,misc]
 
 LIDC_NODULE_BOX = (152, 170, 232, 256, 173, 197)
+#: the label of a background's own (real) lesions in a transplanted case's ground truth
+OWN_LABEL = 200
 
 
 def resample_slices(volume: Volume, slice_mm: float) -> Volume:
@@ -130,18 +136,23 @@ class Row:
     matched_dice: float
     det_s: float
     n_not_segmented: int
+    #: the ground-truth lesions other than the background's own (``OWN_LABEL``): in a
+    #: transplanted case, the inserted ones; in a real case, all of them
+    n_inserted: int = 0
+    found_inserted: int = 0
 
 
 def tally(name: str, group: str, volume: Volume, gt_labels: npt.NDArray[np.integer],
           lesions: tuple, det_s: float, n_not_segmented: int) -> Row:
     """One case's row from the lesions that were written (``lesions``)."""
     gt_ids = [int(i) for i in np.unique(gt_labels) if i]
-    found, dices = 0, []
+    found, found_ins, dices = 0, 0, []
     for g in gt_ids:
         gm = gt_labels == g
         hits = [les for les in lesions if (gm[les.slices()] & les.mask).any()]
         if hits:
             found += 1
+            found_ins += g != OWN_LABEL
             pm = np.zeros(volume.shape, dtype=bool)
             for les in hits:
                 pm[les.slices()] |= les.mask
@@ -150,7 +161,8 @@ def tally(name: str, group: str, volume: Volume, gt_labels: npt.NDArray[np.integ
     fps = sum(1 for les in lesions if not (gt_any[les.slices()] & les.mask).any())
     return Row(name, group, len(gt_ids), found, fps, dice(union(list(lesions), volume.shape),
                                                           gt_any),
-               float(np.mean(dices)) if dices else float("nan"), det_s, n_not_segmented)
+               float(np.mean(dices)) if dices else float("nan"), det_s, n_not_segmented,
+               sum(g != OWN_LABEL for g in gt_ids), found_ins)
 
 
 def score_case(name: str, group: str, volume: Volume, gt_labels: npt.NDArray[np.integer],
@@ -174,14 +186,24 @@ def score_case(name: str, group: str, volume: Volume, gt_labels: npt.NDArray[np.
 
 
 def print_groups(rows: list[Row]) -> None:
-    """Lesion sensitivity, false positives per study, Dice and detector time per group."""
+    """Lesion sensitivity, false positives per study, Dice and detector time per group.
+
+    In a group of transplanted cases whose backgrounds hold real lesions of their own
+    (LIDC-0314's nodule, lung1's and lung2's tumours), the sensitivity counts those too,
+    once per case; ``inserted`` counts only the transplanted tumours."""
     for group in dict.fromkeys(r.group for r in rows):
         rr = [r for r in rows if r.group == group]
         n_gt = sum(r.n_gt for r in rr)
         sens = sum(r.found for r in rr) / n_gt if n_gt else float("nan")
         md = [r.matched_dice for r in rr if r.found]
+        n_ins = sum(r.n_inserted for r in rr)
+        ins = ""
+        if n_ins != n_gt:
+            f_ins = sum(r.found_inserted for r in rr)
+            ins = f" inserted {f_ins / n_ins if n_ins else float('nan'):6.1%} ({f_ins}/{n_ins})"
         print(f"{group:20} cases {len(rr):3d}  lesion sensitivity {sens:6.1%} "
-              f"({sum(r.found for r in rr)}/{n_gt})  FPs/study {np.mean([r.fps for r in rr]):.2f}"
+              f"({sum(r.found for r in rr)}/{n_gt}){ins}  "
+              f"FPs/study {np.mean([r.fps for r in rr]):.2f}"
               f"  union Dice {np.mean([r.union_dice for r in rr]):.3f}  matched Dice "
               f"{(np.mean(md) if md else float('nan')):.3f}  detector "
               f"{np.mean([r.det_s for r in rr]):.2f} s")
@@ -335,7 +357,7 @@ def main() -> None:
                                   np.random.default_rng([args.seed, 6 + n_tp]))
             n_tp += 1
             own = bgs[case.background][1]
-            labels[own & (labels == 0)] = 200
+            labels[own & (labels == 0)] = OWN_LABEL
             add(score_case(case.name, group, volume, labels, det, seg, op, sweep))
             r = rows[-1]
             print(f"  {r.case:36} found {r.found}/{r.n_gt} FP {r.fps} dice {r.union_dice:.3f}",

@@ -40,3 +40,32 @@ def test_a_swept_operating_point_scores_like_a_run_at_it(tmp_path):
     assert key(swept[0.0]) == key(low)
     assert key(swept[between]) == key(at)
     assert at.found == low.found - 1  # the sweep did leave a lesion out
+
+
+def test_inserted_sensitivity_leaves_the_backgrounds_own_lesion_out(capsys):
+    """A transplanted case whose background holds a real lesion of its own: finding only
+    that lesion is 1 of 2 lesions, but 0 of 1 inserted tumours."""
+    from autoprompt_seg.types import Box3D, LesionMask
+
+    vol = Volume(array=np.zeros((8, 20, 20), np.float32), spacing=(1.0, 1.0, 1.0),
+                 origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+    labels = np.zeros(vol.shape, np.uint8)
+    labels[2:4, 2:5, 2:5] = 1  # the inserted tumour
+    labels[2:4, 12:15, 12:15] = eval_wholechest.OWN_LABEL  # the background's own lesion
+    own = labels == eval_wholechest.OWN_LABEL
+    box = Box3D(z0=2, z1=4, y0=12, y1=15, x0=12, x1=15, key_slice=2, score=0.9,
+                source="candidates")
+    row = eval_wholechest.tally("bg+pat_2#0-pleura", "tp dev", vol, labels,
+                                (LesionMask.from_full(own, box, 0.9),), 0.1, 0)
+    assert (row.n_gt, row.found, row.fps) == (2, 1, 0)
+    assert (row.n_inserted, row.found_inserted) == (1, 0)
+    eval_wholechest.print_groups([row])
+    out = capsys.readouterr().out
+    assert "lesion sensitivity  50.0% (1/2)" in out
+    assert "inserted   0.0% (0/1)" in out
+    # a real case (no own label): every lesion is "inserted", and no second column
+    real = eval_wholechest.tally("pat_1", "real pycerr", vol, (labels == 1).astype(np.uint8),
+                                 (), 0.1, 0)
+    assert (real.n_inserted, real.found_inserted) == (1, 0)
+    eval_wholechest.print_groups([real])
+    assert "inserted" not in capsys.readouterr().out
