@@ -24,7 +24,8 @@ found lesions (GT lesion against the predicted lesions that overlap it), detecto
 The LIDC-0314, lung1 and lung2 backgrounds hold a real lesion of their own, which is part
 of their transplanted cases' ground truth (label ``OWN_LABEL``): the group's ``lesion
 sensitivity`` counts it once per case, so each group also prints ``inserted``, the
-sensitivity to the transplanted tumours alone.
+sensitivity to the transplanted tumours alone. After the groups come the inserted tumours
+found per source tumour (pat_1..pat_4) and per site, and the names of those missed.
 
 ``--cavitate WALL_MM`` turns each transplanted lesion into a cavitating one: the part
 deeper than ``max(WALL_MM, half its greatest depth)`` becomes gas (-990 +- 20 HU), and
@@ -46,7 +47,7 @@ import argparse
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,9 @@ class Row:
     #: transplanted case, the inserted ones; in a real case, all of them
     n_inserted: int = 0
     found_inserted: int = 0
+    #: a transplanted case's inserted lesion: its source tumour and site ("" when real)
+    source: str = ""
+    site: str = ""
 
 
 def tally(name: str, group: str, volume: Volume, gt_labels: npt.NDArray[np.integer],
@@ -207,6 +211,23 @@ def print_groups(rows: list[Row]) -> None:
               f"  union Dice {np.mean([r.union_dice for r in rr]):.3f}  matched Dice "
               f"{(np.mean(md) if md else float('nan')):.3f}  detector "
               f"{np.mean([r.det_s for r in rr]):.2f} s")
+
+
+def print_inserted_by(rows: list[Row]) -> None:
+    """The transplanted cases' sensitivity to their inserted tumours, per source tumour and
+    per site, and the names of the tumours missed."""
+    tp = [r for r in rows if r.source]
+    if not tp:
+        return
+    for what in ("source", "site"):
+        parts = []
+        for key in sorted({getattr(r, what) for r in tp}):
+            rr = [r for r in tp if getattr(r, what) == key]
+            n, f = sum(r.n_inserted for r in rr), sum(r.found_inserted for r in rr)
+            parts.append(f"{key} {f}/{n} ({f / n if n else float('nan'):.0%})")
+        print(f"inserted tumours found, by {what}: " + ", ".join(parts))
+    missed = [r.case for r in tp if r.found_inserted < r.n_inserted]
+    print(f"inserted tumours missed ({len(missed)}): " + (", ".join(missed) or "none"))
 
 
 def main() -> None:
@@ -358,7 +379,10 @@ def main() -> None:
             n_tp += 1
             own = bgs[case.background][1]
             labels[own & (labels == 0)] = OWN_LABEL
-            add(score_case(case.name, group, volume, labels, det, seg, op, sweep))
+            row, sw = score_case(case.name, group, volume, labels, det, seg, op, sweep)
+            ins = case.lesions[0]
+            add((replace(row, source=ins.source, site=ins.site),
+                 {t: replace(r, source=ins.source, site=ins.site) for t, r in sw.items()}))
             r = rows[-1]
             print(f"  {r.case:36} found {r.found}/{r.n_gt} FP {r.fps} dice {r.union_dice:.3f}",
                   flush=True)
@@ -374,6 +398,7 @@ def main() -> None:
                   f"{r.union_dice:10.3f} {r.matched_dice:12.3f} {r.det_s:6.2f}")
     print("-" * len(hdr))
     print_groups(rows)
+    print_inserted_by(rows)
     for t, rr in swept.items():
         print(f"\nmin_score={t} (the same run's lesions scoring at least {t})")
         for r0, r in zip(rows, rr):  # the cases that differ from --min-score's
@@ -381,6 +406,7 @@ def main() -> None:
                 print(f"  {r.case:36} found {r0.found}->{r.found}/{r.n_gt} "
                       f"FP {r0.fps}->{r.fps} dice {r0.union_dice:.3f}->{r.union_dice:.3f}")
         print_groups(rr)
+        print_inserted_by(rr)
 
 
 if __name__ == "__main__":
