@@ -25,7 +25,8 @@ The LIDC-0314, lung1 and lung2 backgrounds hold a real lesion of their own, whic
 of their transplanted cases' ground truth (label ``OWN_LABEL``): the group's ``lesion
 sensitivity`` counts it once per case, so each group also prints ``inserted``, the
 sensitivity to the transplanted tumours alone. After the groups come the inserted tumours
-found per source tumour (pat_1..pat_4) and per site, and the names of those missed.
+found per background, per source tumour (pat_1..pat_4) and per site, and the names of
+those missed.
 
 ``--cavitate WALL_MM`` turns each transplanted lesion into a cavitating one: the part
 deeper than ``max(WALL_MM, half its greatest depth)`` becomes gas (-990 +- 20 HU), and
@@ -141,7 +142,9 @@ class Row:
     #: transplanted case, the inserted ones; in a real case, all of them
     n_inserted: int = 0
     found_inserted: int = 0
-    #: a transplanted case's inserted lesion: its source tumour and site ("" when real)
+    #: a transplanted case's background, and its inserted lesion's source tumour and site
+    #: ("" when real)
+    background: str = ""
     source: str = ""
     site: str = ""
 
@@ -214,12 +217,12 @@ def print_groups(rows: list[Row]) -> None:
 
 
 def print_inserted_by(rows: list[Row]) -> None:
-    """The transplanted cases' sensitivity to their inserted tumours, per source tumour and
-    per site, and the names of the tumours missed."""
+    """The transplanted cases' sensitivity to their inserted tumours, per background, source
+    tumour and site, and the names of the tumours missed."""
     tp = [r for r in rows if r.source]
     if not tp:
         return
-    for what in ("source", "site"):
+    for what in ("background", "source", "site"):
         parts = []
         for key in sorted({getattr(r, what) for r in tp}):
             rr = [r for r in tp if getattr(r, what) == key]
@@ -381,8 +384,10 @@ def main() -> None:
             labels[own & (labels == 0)] = OWN_LABEL
             row, sw = score_case(case.name, group, volume, labels, det, seg, op, sweep)
             ins = case.lesions[0]
-            add((replace(row, source=ins.source, site=ins.site),
-                 {t: replace(r, source=ins.source, site=ins.site) for t, r in sw.items()}))
+            bg_name, src, site = case.background, ins.source, ins.site
+            add((replace(row, background=bg_name, source=src, site=site),
+                 {t: replace(r, background=bg_name, source=src, site=site)
+                  for t, r in sw.items()}))
             r = rows[-1]
             print(f"  {r.case:36} found {r.found}/{r.n_gt} FP {r.fps} dice {r.union_dice:.3f}",
                   flush=True)

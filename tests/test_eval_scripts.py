@@ -65,10 +65,12 @@ def test_inserted_sensitivity_leaves_the_backgrounds_own_lesion_out(capsys):
     assert "inserted   0.0% (0/1)" in out
     from dataclasses import replace
 
-    found = replace(row, case="bg+pat_1#1-pleura", source="pat_1", site="pleura",
-                    found_inserted=1)
-    eval_wholechest.print_inserted_by([replace(row, source="pat_2", site="pleura"), found])
+    found = replace(row, case="bg+pat_1#1-pleura", background="bg", source="pat_1",
+                    site="pleura", found_inserted=1)
+    eval_wholechest.print_inserted_by([replace(row, background="bg", source="pat_2",
+                                               site="pleura"), found])
     out = capsys.readouterr().out
+    assert "by background: bg 1/2 (50%)" in out
     assert "by source: pat_1 1/1 (100%), pat_2 0/1 (0%)" in out
     assert "by site: pleura 1/2 (50%)" in out
     assert "missed (1): bg+pat_2#0-pleura" in out
