@@ -365,11 +365,11 @@ def main() -> None:
                              per_pair=args.per_pair, seed=args.seed, sites=sites,
                              volume_range_ml=tuple(args.volume_range),
                              own_lesions={b: bgs[b][1] for b in backgrounds if b != "cta"}):
-            les = case.lesions[0].source
+            ins = case.lesions[0]
             if case.background == "lidc":
-                group = "tp dev" if les != "pat_4" else "tp mixed"
+                group = "tp dev" if ins.source != "pat_4" else "tp mixed"
             elif case.background == "cta":
-                group = "tp held-out" if les == "pat_4" else "tp mixed"
+                group = "tp held-out" if ins.source == "pat_4" else "tp mixed"
             else:
                 group = "tp lung1/2 bg"
             labels = case.labels.astype(np.uint8)
@@ -383,7 +383,6 @@ def main() -> None:
             own = bgs[case.background][1]
             labels[own & (labels == 0)] = OWN_LABEL
             row, sw = score_case(case.name, group, volume, labels, det, seg, op, sweep)
-            ins = case.lesions[0]
             bg_name, src, site = case.background, ins.source, ins.site
             add((replace(row, background=bg_name, source=src, site=site),
                  {t: replace(r, background=bg_name, source=src, site=site)

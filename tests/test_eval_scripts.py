@@ -4,6 +4,7 @@ from one run, are those of a run at that operating point."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import numpy as np
 from autoprompt_seg import registry
 from autoprompt_seg.config import Settings
 from autoprompt_seg.synthetic import synthetic_chest
-from autoprompt_seg.types import OperatingPoint, Volume
+from autoprompt_seg.types import Box3D, LesionMask, OperatingPoint, Volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import eval_wholechest  # noqa: E402
@@ -45,8 +46,6 @@ def test_a_swept_operating_point_scores_like_a_run_at_it(tmp_path):
 def test_inserted_sensitivity_leaves_the_backgrounds_own_lesion_out(capsys):
     """A transplanted case whose background holds a real lesion of its own: finding only
     that lesion is 1 of 2 lesions, but 0 of 1 inserted tumours."""
-    from autoprompt_seg.types import Box3D, LesionMask
-
     vol = Volume(array=np.zeros((8, 20, 20), np.float32), spacing=(1.0, 1.0, 1.0),
                  origin=(0.0, 0.0, 0.0), direction=np.eye(3))
     labels = np.zeros(vol.shape, np.uint8)
@@ -63,8 +62,6 @@ def test_inserted_sensitivity_leaves_the_backgrounds_own_lesion_out(capsys):
     out = capsys.readouterr().out
     assert "lesion sensitivity  50.0% (1/2)" in out
     assert "inserted   0.0% (0/1)" in out
-    from dataclasses import replace
-
     found = replace(row, case="bg+pat_1#1-pleura", background="bg", source="pat_1",
                     site="pleura", found_inserted=1)
     eval_wholechest.print_inserted_by([replace(row, background="bg", source="pat_2",
