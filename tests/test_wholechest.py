@@ -521,6 +521,42 @@ def test_a_tier_mass_beside_a_clear_lesion_is_only_listed():
         CandidatesParams(mass_only_if_best=-1)
 
 
+def test_a_large_second_mass_away_from_the_airways_keeps_its_tier_level():
+    """v2.10: the v2.9 rule lists a second tier mass only at the hilum. With an airway
+    tree in the chest (trachea and right main bronchus, 17 mm above the mass), an 11 ml
+    round mass on the mediastinum beside a clear nodule keeps the mass score and is
+    segmented; counted as at the hilum (``hilum_airway_mm``) or as small
+    (``second_mass_min_ml``), it is only listed, as in v2.9."""
+    from autoprompt_seg.types import OperatingPoint
+
+    chest, mass, _ = _chest_with_mediastinal_mass(radius=14, z_stretch=1.3, x_left=23)
+    z, y, x, cy, cx = _mm_grid(chest)
+    nodule = (z - 120) ** 2 + (y - (cy - 30)) ** 2 + (x - (cx + 95)) ** 2 <= 9 ** 2
+    trachea = (((y - cy) / 8) ** 2 + ((x - cx) / 8) ** 2 <= 1) & (z > 145)
+    bronchus = ((y - cy) ** 2 + (z - 150) ** 2 <= 5 ** 2) & (x > cx - 80) & (x < cx)
+    airway = trachea | bronchus
+    arr = chest.array.copy()
+    arr[nodule] = 30.0
+    arr[airway] = -1000.0 + np.random.default_rng(1).normal(0, 5, int(airway.sum()))
+    both = chest.with_array(arr)
+    det = CandidatesDetector()
+    lung = det.lung_mask(arr, both.spacing)
+    assert (det.airways(arr, lung, both.spacing) & trachea).sum() > 0.8 * trachea.sum()
+    op = OperatingPoint().min_score
+
+    def mass_score(**params):
+        from autoprompt_seg.detect.candidates import CandidatesParams
+
+        boxes = CandidatesDetector(CandidatesParams(**params)).detect(both)
+        (on_mass,) = [b for b in boxes if _hits(b, mass) > 0.8 * int(mass.sum())]
+        assert any(_hits(b, nodule) == int(nodule.sum()) and b.score > 0.5 for b in boxes)
+        return on_mass.score
+
+    assert mass_score() >= op
+    assert mass_score(hilum_airway_mm=30) < op   # the bronchus is 17 mm away
+    assert mass_score(second_mass_min_ml=20) < op
+
+
 def test_a_small_part_solid_nodule_is_found_by_its_ground_glass_blob():
     """A part-solid nodule whose solid part (3.5 mm radius) is under the thickness floor
     has no solid candidate; its ground-glass blob (10 mm radius) is the candidate, and

@@ -1,4 +1,4 @@
-"""Training-free lung tumour detector (v2.9): lung fields, soft-tissue candidates, anatomy
+"""Training-free lung tumour detector (v2.10): lung fields, soft-tissue candidates, anatomy
 context and a calibrated confidence.
 
 The pipeline works on a coarse grid (block means to about ``work_mm`` in-plane and
@@ -70,6 +70,13 @@ spacing:
    **Second masses** (v2.9, ``mass_only_if_best``): a candidate that reaches
    ``mass_score`` only through a tier keeps it only when no candidate of the study scores
    higher by the logistic model alone; otherwise it is listed with its fitted score.
+   v2.10: a second mass of at least ``second_mass_min_ml`` (8 ml) that passes the
+   convex-mass rule's own gates (``mass_``) and lies farther than ``hilum_airway_mm``
+   (5 mm) from the airway lumen (trachea, main and lobar bronchi) keeps its tier level:
+   vessel confluences look like masses at the hilum, vessel bundles further out are
+   small, and a collapsed lobe is longer, while a large, round, convex mass on the chest
+   wall, the diaphragm or the mediastinum away from the bronchi is a tumour. Where no
+   airway tree is found (a crop around a tumour), v2.9 applies to every second mass.
    Candidates scoring below ``min_score`` (a floor, 0.1) are dropped; at most
    ``max_candidates`` are returned, so the pipeline's operating point (``--min-score``,
    default 0.45) decides which are segmented and which are only listed in report.json.
@@ -113,7 +120,7 @@ from .morphology import (
 
 log = logging.getLogger(__name__)
 
-VERSION = "2.9.0"
+VERSION = "2.10.0"
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
@@ -174,6 +181,8 @@ class CandidatesParams:
     ggo_candidates: float = 1
     cavities: float = 1
     mass_only_if_best: float = 1
+    hilum_airway_mm: float = 5.0
+    second_mass_min_ml: float = 8.0
     ggo_min_thickness_mm: float = 7.0
     ggo_min_solidity: float = 0.6
     max_median_hu: float = 200.0
@@ -300,7 +309,8 @@ class CandidatesDetector:
         lung = self.lung_mask(img, spacing)
         # the airways are no lung parenchyma: a mass beside the trachea or a main bronchus
         # is mediastinal, and the airways must not bridge the two lungs' fields
-        lung &= ~(air := ndi.binary_dilation(self.airways(img, lung, spacing)))
+        lumen = self.airways(img, lung, spacing)
+        lung &= ~(air := ndi.binary_dilation(lumen))
         field = self.lung_fields(lung, spacing)
         smooth = ndi.uniform_filter(img, size=3)
         plab, psize, pfield = thorax_structures(smooth, lung, field, img)
@@ -358,7 +368,7 @@ class CandidatesDetector:
         if p.ggo_candidates:
             out += self._subsolid(img, smooth, field, lung, lab, plab, psize, pfield,
                                   spacing, len(out))
-        out = self._second_masses(out)
+        out = self._second_masses(out, lab, lumen, spacing)
         lone = [c for c in out if self._in_tier(c, "lone_mass_")]
         if lone and not any(c.score >= p.mass_score and c.thickness_mm
                             >= p.lone_mass_min_thickness_mm for c in out):
@@ -370,18 +380,45 @@ class CandidatesDetector:
                    for c in out]
         return lab, out
 
-    def _second_masses(self, out: list[Candidate]) -> list[Candidate]:
+    def _second_masses(self, out: list[Candidate], lab: npt.NDArray[np.int32],
+                       lumen: BoolArray, spacing: tuple[float, float, float]
+                       ) -> list[Candidate]:
         """v2.9 (``mass_only_if_best``): a candidate that reaches ``mass_score`` only
         through a mass tier keeps that level only when no candidate of the study scores
         higher by the fitted model alone. Where a lesion is clear on its own, a second
-        compact mass on the mediastinum is more often a hilum (a vessel confluence, at
-        5 mm slices as compact as a tumour) than a second tumour; it is then listed with
-        its fitted score."""
+        compact mass at the hilum is more often a vessel confluence (at 5 mm slices as
+        compact as a tumour) than a second tumour; it is then listed with its fitted
+        score. v2.10: not for a second tumour away from the hilum
+        (:meth:`_second_tumour`)."""
         if not self.params.mass_only_if_best or not out:
             return out
         best = max(c.fitted if c.fitted is not None else c.score for c in out)
         return [replace(c, score=c.fitted) if c.fitted is not None and c.fitted < c.score < best
-                else c for c in out]
+                and not self._second_tumour(c, lab, lumen, spacing) else c for c in out]
+
+    def _second_tumour(self, c: Candidate, lab: npt.NDArray[np.int32], lumen: BoolArray,
+                       spacing: tuple[float, float, float]) -> bool:
+        """v2.10: whether second mass ``c`` stands as a tumour of its own: at least
+        ``second_mass_min_ml``, round and convex enough for the convex-mass rule (the
+        ``mass_`` gates; the longer large-mass tier also lets a collapsed lobe through)
+        and farther than ``hilum_airway_mm`` from the airway ``lumen`` (``lab`` labels
+        the cores). Never where no airway tree is found (a crop): there is no telling
+        the hilum."""
+        p = self.params
+        if c.volume_ml < p.second_mass_min_ml or not self._in_tier(c, "mass_") \
+                or not lumen.any():
+            return False
+        r = p.hilum_airway_mm
+        sl = tuple(slice(max(0, s.start - int(np.ceil(r / sp)) - 1),
+                         min(n, s.stop + int(np.ceil(r / sp)) + 1))
+                   for s, sp, n in zip(c.bbox, spacing, lab.shape, strict=True))
+        near = lumen[sl]
+        at_hilum = bool(near.any()) and bool(
+            ndi.distance_transform_edt(lab[sl] != c.label, sampling=spacing)[near].min() <= r)
+        if not at_hilum:
+            log.debug("candidate %d: a second mass away from the hilum keeps %.2f",
+                      c.label, c.score)
+        return not at_hilum
 
     def _too_bright(self, img: FloatArray, mask: BoolArray, label: int) -> bool:
         """Whether the median HU of ``img[mask]`` (unsmoothed working grid) is above
