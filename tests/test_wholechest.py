@@ -578,6 +578,31 @@ def test_a_small_part_solid_nodule_is_found_by_its_ground_glass_blob():
     assert CandidatesDetector(CandidatesParams(ggo_candidates=0)).detect(chest) == []
 
 
+def test_a_part_solid_nodule_whose_ground_glass_runs_into_a_branching_blob_is_found():
+    """v2.11 (``ggo_split``): the ground glass of a part-solid nodule that runs into a
+    branching band of partial volume (here two 5 mm thick ground-glass tubes, one along z
+    and one along y) makes one blob too branched for a sub-solid candidate; its thick core
+    is searched as a piece of its own, and that is the nodule."""
+    from autoprompt_seg.detect.candidates import CandidatesParams
+    from autoprompt_seg.types import OperatingPoint
+
+    vol, truth = thorax_phantom(seed=5, heart=True, tube=True, nodule=False)
+    z, y, x, cy, cx = _mm_grid(vol)
+    r2 = (z - 120) ** 2 + (y - (cy - 30)) ** 2 + (x - (cx - 95)) ** 2
+    ggo, solid = r2 <= 10 ** 2, r2 <= 3.5 ** 2
+    along_z = ((y - (cy - 30)) ** 2 + (x - (cx - 95)) ** 2 <= 5 ** 2) & (z > 50) & (z < 120)
+    along_y = ((z - 60) ** 2 + (x - (cx - 95)) ** 2 <= 5 ** 2) & (y > cy - 30) & (y < cy + 40)
+    chest = _with_part_solid(vol, ggo | along_z | along_y, solid)
+    op = OperatingPoint().min_score
+    boxes = [b for b in CandidatesDetector().detect(chest) if b.score >= op]
+    assert len(boxes) == 1, boxes
+    assert _hits(boxes[0], ggo) > 0.9 * int(ggo.sum())
+    assert _hits(boxes[0], truth["heart"]) == 0 and _hits(boxes[0], truth["tube"]) == 0
+    # the whole blob is the v2.10 candidate, and too branched to be kept
+    old = CandidatesDetector(CandidatesParams(ggo_split=0)).detect(chest)
+    assert not any(_hits(b, ggo) for b in old if b.score >= op)
+
+
 def test_a_cavitating_mass_is_found_as_one_mass():
     """A 36 mm mass whose centre is a 24 mm gas cavity: the detector fills the cavity
     (v2.8), so the mass is one thick candidate that holds the cavity; before, its shell

@@ -1,4 +1,4 @@
-"""Training-free lung tumour detector (v2.10): lung fields, soft-tissue candidates, anatomy
+"""Training-free lung tumour detector (v2.11): lung fields, soft-tissue candidates, anatomy
 context and a calibrated confidence.
 
 The pipeline works on a coarse grid (block means to about ``work_mm`` in-plane and
@@ -33,7 +33,11 @@ spacing:
    nodule whose solid part is under the thickness floor has no solid candidate, so the
    blobs of ground glass and tissue (``ggo_lo_hu .. soft_hi_hu``, opened the same way)
    that hold no solid candidate are candidates too, when ``ggo_min_thickness_mm`` thick
-   and ``ggo_min_solidity`` solid.
+   and ``ggo_min_solidity`` solid. v2.11 (``ggo_split``): a blob that fails those gates is
+   searched as the solid mask is, its thick core and what that leaves as pieces (up to
+   ``remainder_depth`` levels; a piece must score at least ``deep_min_score``): the
+   ground glass of a nodule beside a vessel or the hilum runs into their partial volume,
+   one branching blob.
 4. **Filters and features**: per 3-D component, volume (``min_volume_ml`` ..
    ``max_volume_ml``), median HU (unsmoothed working grid) at most ``max_median_hu``
    (v2.6: brighter is a contrast-filled vessel, blurred into the smoothed soft-tissue band
@@ -120,7 +124,7 @@ from .morphology import (
 
 log = logging.getLogger(__name__)
 
-VERSION = "2.10.0"
+VERSION = "2.11.0"
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
@@ -184,6 +188,7 @@ class CandidatesParams:
     hilum_airway_mm: float = 5.0
     second_mass_min_ml: float = 8.0
     ggo_min_thickness_mm: float = 7.0
+    ggo_split: float = 1
     ggo_min_solidity: float = 0.6
     max_median_hu: float = 200.0
 
@@ -447,24 +452,40 @@ class CandidatesDetector:
         glab, _ = ndi.label(g)
         vox_ml = float(np.prod(spacing)) / 1000.0
         out: list[Candidate] = []
+        work: list[tuple[BoolArray, tuple[slice, ...], int]] = []
         for i, sl in enumerate(ndi.find_objects(glab), start=1):
-            if sl is None:
-                continue
-            sl = padded(sl, glab.shape)
-            comp = glab[sl] == i
+            if sl is not None:
+                sl = padded(sl, glab.shape)
+                work.append((glab[sl] == i, sl, 0))
+        while work:
+            comp, sl, depth = work.pop()
             vol_ml = float(comp.sum()) * vox_ml
             if (vol_ml < p.min_volume_ml or vol_ml > p.max_volume_ml
                     or (lab[sl][comp] > 0).any()):
                 continue
             edt = ndi.distance_transform_edt(comp, sampling=spacing)
-            if thickness_mm(edt, spacing) < p.ggo_min_thickness_mm:
+            thick = thickness_mm(edt, spacing)
+            if thick < p.ggo_min_thickness_mm:
                 continue
             # the ring around a ground-glass blob is aerated lung outside the blob
             cand = self._candidate(comp, sl, edt, lung & ~g, plab, psize, pfield, spacing,
                                    n_before + len(out) + 1)
-            if (cand is None or cand.solidity < p.ggo_min_solidity
-                    or self._too_bright(img[sl], comp, cand.label)):
+            if cand is not None and self._too_bright(img[sl], comp, cand.label):
                 continue
+            if cand is None or cand.solidity < p.ggo_min_solidity:
+                if p.ggo_split and depth < int(p.remainder_depth):
+                    # v2.11: a nodule's ground glass that runs into a vessel's or the
+                    # hilum's partial volume is one branching blob; its thick core and
+                    # what the core leaves are searched as pieces
+                    core = self._core(comp, edt, thick, spacing)
+                    rest = ndi.binary_opening(comp & ~ndi.binary_dilation(core),
+                                              structure=ball(p.vessel_radius_mm, spacing))
+                    rlab, rn = ndi.label(rest)
+                    work += [(core, sl, depth + 1)] if core.sum() < comp.sum() else []
+                    work += [(rlab == j, sl, depth + 1) for j in range(1, rn + 1)]
+                continue
+            if depth > 0 and cand.score < p.deep_min_score:
+                continue  # most pieces of a branching blob are vessel partial volume
             lab[sl][comp] = cand.label
             out.append(replace(cand, extent=cand.bbox))
         return out
