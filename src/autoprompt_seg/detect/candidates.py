@@ -74,13 +74,9 @@ spacing:
    **Second masses** (v2.9, ``mass_only_if_best``): a candidate that reaches
    ``mass_score`` only through a tier keeps it only when no candidate of the study scores
    higher by the logistic model alone; otherwise it is listed with its fitted score.
-   v2.10: a second mass of at least ``second_mass_min_ml`` (8 ml) that passes the
-   convex-mass rule's own gates (``mass_``) and lies farther than ``hilum_airway_mm``
-   (5 mm) from the airway lumen (trachea, main and lobar bronchi) keeps its tier level:
-   vessel confluences look like masses at the hilum, vessel bundles further out are
-   small, and a collapsed lobe is longer, while a large, round, convex mass on the chest
-   wall, the diaphragm or the mediastinum away from the bronchi is a tumour. Where no
-   airway tree is found (a crop around a tumour), v2.9 applies to every second mass.
+   v2.10: a second mass of at least ``second_mass_min_ml`` (8 ml) within the ``mass_``
+   gates, farther than ``hilum_airway_mm`` (5 mm) from the airway lumen, keeps its tier
+   level (a tumour on the chest wall, not a hilum; with no airway tree, v2.9 applies).
    Candidates scoring below ``min_score`` (a floor, 0.1) are dropped; at most
    ``max_candidates`` are returned, so the pipeline's operating point (``--min-score``,
    default 0.45) decides which are segmented and which are only listed in report.json.
@@ -118,8 +114,11 @@ from .morphology import (
     lung_components,
     padded,
     solidity,
+    structure_context,
+    thick_core,
     thickness_mm,
     thorax_structures,
+    within_mm,
 )
 
 log = logging.getLogger(__name__)
@@ -350,7 +349,7 @@ class CandidatesDetector:
             thick = thickness_mm(edt, spacing)
             if thick < p.min_thickness_mm:
                 continue
-            core = self._core(comp, edt, thick, spacing)
+            core = thick_core(comp, edt, max(p.vessel_radius_mm, p.core_frac * thick), spacing)
             if depth < int(p.remainder_depth):
                 rest = ndi.binary_opening(comp & ~ndi.binary_dilation(core),
                                           structure=ball(p.vessel_radius_mm, spacing))
@@ -390,11 +389,8 @@ class CandidatesDetector:
                        ) -> list[Candidate]:
         """v2.9 (``mass_only_if_best``): a candidate that reaches ``mass_score`` only
         through a mass tier keeps that level only when no candidate of the study scores
-        higher by the fitted model alone. Where a lesion is clear on its own, a second
-        compact mass at the hilum is more often a vessel confluence (at 5 mm slices as
-        compact as a tumour) than a second tumour; it is then listed with its fitted
-        score. v2.10: not for a second tumour away from the hilum
-        (:meth:`_second_tumour`)."""
+        higher by the fitted model alone (beside a clear lesion a second compact mass is
+        more often a hilar confluence); v2.10: not :meth:`_second_tumour`."""
         if not self.params.mass_only_if_best or not out:
             return out
         best = max(c.fitted if c.fitted is not None else c.score for c in out)
@@ -403,23 +399,13 @@ class CandidatesDetector:
 
     def _second_tumour(self, c: Candidate, lab: npt.NDArray[np.int32], lumen: BoolArray,
                        spacing: tuple[float, float, float]) -> bool:
-        """v2.10: whether second mass ``c`` stands as a tumour of its own: at least
-        ``second_mass_min_ml``, round and convex enough for the convex-mass rule (the
-        ``mass_`` gates; the longer large-mass tier also lets a collapsed lobe through)
-        and farther than ``hilum_airway_mm`` from the airway ``lumen`` (``lab`` labels
-        the cores). Never where no airway tree is found (a crop): there is no telling
-        the hilum."""
+        """v2.10: whether second mass ``c`` is a tumour of its own: at least
+        ``second_mass_min_ml``, within the ``mass_`` gates (the large tier lets a collapsed
+        lobe through), farther than ``hilum_airway_mm`` from the airway ``lumen``."""
         p = self.params
-        if c.volume_ml < p.second_mass_min_ml or not self._in_tier(c, "mass_") \
-                or not lumen.any():
+        if c.volume_ml < p.second_mass_min_ml or not self._in_tier(c, "mass_") or not lumen.any():
             return False
-        r = p.hilum_airway_mm
-        sl = tuple(slice(max(0, s.start - int(np.ceil(r / sp)) - 1),
-                         min(n, s.stop + int(np.ceil(r / sp)) + 1))
-                   for s, sp, n in zip(c.bbox, spacing, lab.shape, strict=True))
-        near = lumen[sl]
-        at_hilum = bool(near.any()) and bool(
-            ndi.distance_transform_edt(lab[sl] != c.label, sampling=spacing)[near].min() <= r)
+        at_hilum = within_mm(lab == c.label, c.bbox, lumen, p.hilum_airway_mm, spacing)
         if not at_hilum:
             log.debug("candidate %d: a second mass away from the hilum keeps %.2f",
                       c.label, c.score)
@@ -474,10 +460,8 @@ class CandidatesDetector:
                 continue
             if cand is None or cand.solidity < p.ggo_min_solidity:
                 if p.ggo_split and depth < int(p.remainder_depth):
-                    # v2.11: a nodule's ground glass that runs into a vessel's or the
-                    # hilum's partial volume is one branching blob; its thick core and
-                    # what the core leaves are searched as pieces
-                    core = self._core(comp, edt, thick, spacing)
+                    # v2.11: a nodule's ground glass run into a vessel's partial volume
+                    core = thick_core(comp, edt, max(p.vessel_radius_mm, p.core_frac * thick), spacing)
                     rest = ndi.binary_opening(comp & ~ndi.binary_dilation(core),
                                               structure=ball(p.vessel_radius_mm, spacing))
                     rlab, rn = ndi.label(rest)
@@ -515,7 +499,7 @@ class CandidatesDetector:
             log.debug("candidate: lung contact %.2f below %.2f; dropped", contact,
                       p.min_lung_contact)
             return None
-        ctx, s_ml, s_in = self._context(comp, sl, plab, psize, pfield, spacing)
+        ctx, s_ml, s_in = structure_context(comp, sl, plab, psize, pfield, spacing)
         sol = solidity(comp)
         score = self._score(thick, elong, contact, ctx, s_in)
         # a thick, round, convex mass on the lung: a tumour even where it touches the
@@ -542,41 +526,6 @@ class CandidatesDetector:
                     and c.elongation <= getattr(p, tier + "max_elongation")
                     and c.solidity >= getattr(p, tier + "min_solidity")
                     and c.lung_contact >= getattr(p, tier + "min_contact"))
-
-    def _context(self, comp: BoolArray, sl: tuple[slice, ...], plab: npt.NDArray[np.int32],
-                 psize: npt.NDArray[np.float64], pfield: npt.NDArray[np.float64],
-                 spacing: tuple[float, float, float]) -> tuple[float, float, float]:
-        vox_ml = float(np.prod(spacing)) / 1000.0
-        sub = plab[sl]
-        ls = sub[comp & (sub > 0)]
-        if ls.size == 0:
-            return 1.0, 0.0, 1.0
-        par = int(np.bincount(ls).argmax())
-        ext = max((s.stop - s.start) * sp for s, sp in zip(sl, spacing, strict=True))
-        m = max(15.0, 0.5 * ext)
-        big = tuple(slice(max(0, s.start - int(np.ceil(m / sp))), min(d, s.stop + int(np.ceil(m / sp))))
-                    for s, sp, d in zip(sl, spacing, plab.shape, strict=True))
-        n_par_local = float((plab[big] == par).sum())
-        n_cand = float((comp & (sub == par)).sum())
-        return (n_cand / max(n_par_local, 1.0), psize[par] * vox_ml,
-                float(pfield[par] / max(psize[par], 1)))
-
-    def _core(self, comp: BoolArray, edt: npt.NDArray[np.float64], thick: float,
-              spacing: tuple[float, float, float]) -> BoolArray:
-        """The thick core of a component: an opening with a ball of ``core_frac`` of its
-        thickness cuts thinner attachments (vessels, hilar and mediastinal rims); the
-        part holding the deepest point is restored by a dilation inside the component."""
-        p = self.params
-        r = max(p.vessel_radius_mm, p.core_frac * thick)
-        se = ball(r, spacing)
-        core = ndi.binary_opening(comp, structure=se)
-        lab, n = ndi.label(core)
-        if n == 0:
-            return comp
-        deepest = np.unravel_index(int(np.argmax(np.where(core, edt, -1))), comp.shape)
-        keep = lab == lab[deepest]
-        out: BoolArray = ndi.binary_dilation(keep, structure=se) & comp
-        return out
 
     def _score(self, thick: float, elong: float, contact: float, context: float = 1.0,
                in_field: float = 1.0) -> float:

@@ -235,3 +235,53 @@ def halo_extent(core: BoolArray, sl: tuple[slice, ...], ggo: BoolArray,
     nz = np.nonzero(keep)
     return tuple(slice(b.start + int(a.min()), b.start + int(a.max()) + 1)  # type: ignore[return-value]
                  for b, a in zip(big, nz, strict=True))
+
+
+def structure_context(comp: BoolArray, sl: tuple[slice, ...], plab: npt.NDArray[np.int32],
+                      psize: npt.NDArray[np.float64], pfield: npt.NDArray[np.float64],
+                      spacing: tuple[float, float, float]) -> tuple[float, float, float]:
+    """A candidate's anatomy context (``comp`` inside box ``sl``; ``plab``, ``psize``,
+    ``pfield`` from :func:`thorax_structures`): its share of the structure it overlaps most
+    near it (within ``max(15 mm, half its extent)``), that structure's volume in ml and its
+    share inside the lung fields; (1, 0, 1) when it overlaps none."""
+    vox_ml = float(np.prod(spacing)) / 1000.0
+    sub = plab[sl]
+    ls = sub[comp & (sub > 0)]
+    if ls.size == 0:
+        return 1.0, 0.0, 1.0
+    par = int(np.bincount(ls).argmax())
+    ext = max((s.stop - s.start) * sp for s, sp in zip(sl, spacing, strict=True))
+    m = max(15.0, 0.5 * ext)
+    big = tuple(slice(max(0, s.start - int(np.ceil(m / sp))), min(d, s.stop + int(np.ceil(m / sp))))
+                for s, sp, d in zip(sl, spacing, plab.shape, strict=True))
+    n_par_local = float((plab[big] == par).sum())
+    n_cand = float((comp & (sub == par)).sum())
+    return (n_cand / max(n_par_local, 1.0), psize[par] * vox_ml,
+            float(pfield[par] / max(psize[par], 1)))
+
+
+def thick_core(comp: BoolArray, edt: npt.NDArray[np.float64], radius_mm: float,
+               spacing: tuple[float, float, float]) -> BoolArray:
+    """The thick core of a component: an opening with a ball of ``radius_mm`` cuts thinner
+    attachments (vessels, hilar and mediastinal rims); the part holding the deepest point
+    (of ``edt``) is restored by a dilation inside the component."""
+    se = ball(radius_mm, spacing)
+    core = ndi.binary_opening(comp, structure=se)
+    lab, n = ndi.label(core)
+    if n == 0:
+        return comp
+    deepest = np.unravel_index(int(np.argmax(np.where(core, edt, -1))), comp.shape)
+    out: BoolArray = ndi.binary_dilation(lab == lab[deepest], structure=se) & comp
+    return out
+
+
+def within_mm(mask: BoolArray, bbox: tuple[slice, ...], other: BoolArray, r_mm: float,
+              spacing: tuple[float, float, float]) -> bool:
+    """Whether ``mask`` (inside ``bbox``) comes within ``r_mm`` of ``other``; both span
+    the whole grid, and only a box around ``bbox`` is searched."""
+    sl = tuple(slice(max(0, s.start - int(np.ceil(r_mm / sp)) - 1),
+                     min(n, s.stop + int(np.ceil(r_mm / sp)) + 1))
+               for s, sp, n in zip(bbox, spacing, mask.shape, strict=True))
+    near = other[sl]
+    return bool(near.any()) and bool(
+        ndi.distance_transform_edt(~mask[sl], sampling=spacing)[near].min() <= r_mm)
